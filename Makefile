@@ -1,0 +1,46 @@
+# streamproc: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA_PORT ?= 9092
+export KAFKA_PORT
+
+.PHONY: help install test lint bench run kafka-up kafka-down clean
+
+help: ## show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(BIN)/streamproc: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/streamproc ## create .venv with streamproc and its test extras
+
+lint: install ## ruff and mypy --strict
+	$(BIN)/ruff check streamproc tests
+	$(BIN)/ruff format --check streamproc tests
+	$(BIN)/mypy
+
+test: lint ## lint, then all of pytest against a broker of its own (Kafka jars via Maven)
+	$(BIN)/python -m streamproc.localkafka jars
+	$(BIN)/pytest
+
+bench: install kafka-up ## run every benchmark against the local broker, print one table
+	$(BIN)/python -m streamproc.bench
+
+run: install ## the whole pipeline locally: broker, simulators, every role, live progress
+	$(BIN)/python -m streamproc.devrun
+
+kafka-up: install ## start the local Kafka broker on KAFKA_PORT (default 9092) if not up
+	$(BIN)/python -m streamproc.localkafka up --port $(KAFKA_PORT)
+
+kafka-down: ## stop the local Kafka broker
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m streamproc.localkafka down --port $(KAFKA_PORT); fi
+
+clean: kafka-down ## stop the broker, remove the venv, caches and broker data
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis

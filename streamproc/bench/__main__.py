@@ -1,0 +1,73 @@
+"""``python -m streamproc.bench [NAME...]``: run the benchmarks, print one table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import platform
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+
+from streamproc import topics
+from streamproc.bench import Row
+from streamproc.config import KafkaSettings, Settings, TopicSettings
+
+# name -> module exporting `async def bench(settings) -> list[Row]`
+BENCHMARKS = {
+    "kafka": "streamproc.bench.kafka_baseline",
+}
+
+
+def machine() -> str:
+    cpus = os.cpu_count() or 0
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), ""
+            )
+    except OSError:
+        pass
+    return f"{cpus} cores {model}, {mem_gib:.0f} GiB, Python {platform.python_version()}"
+
+
+async def run(names: list[str], bootstrap: str) -> list[tuple[str, Row]]:
+    rows: list[tuple[str, Row]] = []
+    for name in names:
+        settings = Settings(
+            topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
+            kafka=KafkaSettings(bootstrap_servers=bootstrap, client_id="streamproc-bench"),
+            topics=TopicSettings(partitions=6),
+        )
+        await topics.ensure(settings)
+        module = importlib.import_module(BENCHMARKS[name])
+        bench: Callable[[Settings], Awaitable[list[Row]]] = module.bench
+        print(f"running {name}...", file=sys.stderr, flush=True)
+        rows += [(name, row) for row in await bench(settings)]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m streamproc.bench")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"of {', '.join(BENCHMARKS)}")
+    port = os.environ.get("KAFKA_PORT", "9092")
+    parser.add_argument("--bootstrap", default=f"127.0.0.1:{port}")
+    args = parser.parse_args()
+    unknown = set(args.names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(sorted(unknown))}")
+    rows = asyncio.run(run(args.names or list(BENCHMARKS), args.bootstrap))
+    where = machine()
+    print(f"\nmachine: {where}\n")
+    print(f"| {'figure':<58} | {'value':>12} | {'unit':<10} | {'target':<22} |")
+    print(f"|{'-' * 60}|{'-' * 14}|{'-' * 12}|{'-' * 24}|")
+    for _name, row in rows:
+        print(f"| {row.figure:<58} | {row.value:>12,.1f} | {row.unit:<10} | {row.target:<22} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The ``streamproc`` command line.
+
+Every role lives in its own module, which exports ``add_arguments(parser)`` and
+``async def command(settings, args) -> int`` (the exit code). The module is imported only
+when its command runs, so a role that is not built yet says so and exits 2 instead of
+pretending to work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+import orjson
+
+from streamproc import config, topics
+from streamproc.errors import ConfigError, NotImplementedCommandError
+
+log = logging.getLogger(__name__)
+
+# command path -> (module, help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("poll",): (
+        "streamproc.sources.ticketmatic.command",
+        "poll Ticketmatic's eventstream into Kafka",
+    ),
+    ("receive",): ("streamproc.sources.ticketure.command", "receive Ticketure pushes into Kafka"),
+    ("map",): ("streamproc.mapping.command", "map and dedupe source items into mParticle batches"),
+    ("deliver",): (
+        "streamproc.sinks.mparticle.command",
+        "deliver batches to mParticle's Events API",
+    ),
+    ("run",): ("streamproc.runner", "every role in one process"),
+    ("sim", "ticketmatic"): ("streamproc.sim.ticketmatic", "a Ticketmatic eventstream simulator"),
+    ("sim", "ticketure"): ("streamproc.sim.ticketure", "a Ticketure push simulator"),
+    ("sim", "mparticle"): ("streamproc.sim.mparticle", "an mParticle Events API simulator"),
+    ("dlq", "inspect"): ("streamproc.dlq", "show dead-lettered records and their reasons"),
+    ("dlq", "replay"): ("streamproc.dlq", "send dead-lettered records back to their topic"),
+}
+
+GROUP_HELP = {
+    "sim": "simulators of the outside services, for trying streamproc without credentials",
+    "dlq": "the dead-letter topic",
+    "topics": "the Kafka topics streamproc uses",
+}
+
+
+def _load(module_name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamproc",
+        description="Ticketing data from Ticketmatic and Ticketure into mParticle, via Kafka.",
+    )
+    parser.add_argument(
+        "--config", metavar="PATH", help="TOML settings file (or STREAMPROC_CONFIG)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    for path, (_module, help_text) in COMMANDS.items():
+        if len(path) == 1:
+            p = sub.add_parser(path[0], help=help_text, description=help_text)
+        else:
+            if path[0] not in groups:
+                g = sub.add_parser(path[0], help=GROUP_HELP[path[0]])
+                groups[path[0]] = g.add_subparsers(
+                    dest="subcommand", metavar="SUBCOMMAND", required=True
+                )
+            p = groups[path[0]].add_parser(path[1], help=help_text, description=help_text)
+        p.set_defaults(path=path)
+    t = sub.add_parser("topics", help=GROUP_HELP["topics"])
+    tsub = t.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    tsub.add_parser("ensure", help="create or align every topic (safe to run again)").set_defaults(
+        path=("topics", "ensure")
+    )
+    tsub.add_parser("describe", help="show every topic's partitions and policy").set_defaults(
+        path=("topics", "describe")
+    )
+    sub.add_parser("config", help="print the effective settings (secrets hidden)").set_defaults(
+        path=("config",)
+    )
+    return parser
+
+
+async def _topics(settings: config.Settings, action: str) -> int:
+    if action == "ensure":
+        for line in await topics.ensure(settings):
+            print(line)
+    else:
+        for row in await topics.describe(settings):
+            print(orjson.dumps(row).decode())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, _rest = parser.parse_known_args(argv)
+    path: tuple[str, ...] = args.path
+    module: ModuleType | None = None
+    if path in COMMANDS:
+        module_name = COMMANDS[path][0]
+        module = _load(module_name)
+        if module is None:
+            print(f"streamproc {' '.join(path)}: not implemented yet", file=sys.stderr)
+            return 2
+        # Re-parse with the role's own options added to its sub-parser.
+        parser = build_parser()
+        _add_role_arguments(parser, path, module)
+    args = parser.parse_args(argv)
+    try:
+        settings = config.load_settings(args.config)
+    except ConfigError as exc:
+        print(f"streamproc: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if path == ("config",):
+            print(orjson.dumps(config.describe(settings), option=orjson.OPT_INDENT_2).decode())
+            return 0
+        if path[0] == "topics":
+            return asyncio.run(_topics(settings, path[1]))
+        assert module is not None  # noqa: S101 -- every other path is in COMMANDS
+        code: int = asyncio.run(module.command(settings, args))
+    except NotImplementedCommandError as exc:
+        print(f"streamproc {' '.join(path)}: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"streamproc: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _add_role_arguments(
+    parser: argparse.ArgumentParser, path: tuple[str, ...], module: ModuleType
+) -> None:
+    add = getattr(module, "add_arguments", None)
+    if add is None:
+        return
+    node = parser
+    for part in path:
+        action = next(a for a in node._actions if isinstance(a, argparse._SubParsersAction))
+        node = action.choices[part]
+    add(node)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Settings: one typed object, from an optional TOML file and ``STREAMPROC_*`` variables.
+
+The environment wins over the file. A top-level field ``x`` is set by ``STREAMPROC_X``, a
+field ``y`` of section ``s`` by ``STREAMPROC_S_Y``. Scalars are parsed from their text
+("9092", "true"); lists and tables (for example ``STREAMPROC_TICKETMATIC_ACCOUNTS``) take
+JSON. Invalid configuration raises :class:`ConfigError` naming the setting, its
+environment variable and the reason. Secrets are :class:`Secret` values: their repr, str
+and JSON form are ``'***'``, so they never reach a log, an error or ``describe``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import orjson
+
+from streamproc.errors import ConfigError
+
+ENV_PREFIX = "STREAMPROC_"
+RETENTION_4H_S = 4 * 3600
+
+
+class Secret:
+    """A string that never shows itself; ``reveal()`` is the one way to read it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    bootstrap_servers: str = "localhost:9092"
+    client_id: str = "streamproc"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    request_timeout_ms: int = 40_000
+    # A transaction left open by a crashed process blocks read_committed readers until
+    # the broker aborts it: keep this short so recovery after a SIGKILL is quick.
+    transaction_timeout_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism is None:
+                raise ValueError(f"sasl_mechanism: required with {self.security_protocol}")
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError("sasl_username: sasl_username and sasl_password are required")
+
+
+class TopicSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    partitions: int = 6
+    replication_factor: int = 1
+    source_retention_ms: int = 7 * 24 * 3600 * 1000
+    batches_retention_ms: int = 7 * 24 * 3600 * 1000
+    dlq_retention_ms: int = 30 * 24 * 3600 * 1000
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ValueError("partitions: must be at least 1")
+        if self.replication_factor < 1:
+            raise ValueError("replication_factor: must be at least 1")
+
+
+class TicketmaticAccount(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    access_key: str
+    secret_key: Secret
+    currency: str = "EUR"
+    auth: Literal["hmac", "basic"] = "hmac"
+    # Where an account without a cursor starts: None = the oldest item still kept.
+    start_ts: str | None = None
+
+
+class TicketmaticSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    base_url: str = "https://apps.ticketmatic.com"
+    accounts: list[TicketmaticAccount] = msgspec.field(default_factory=list)
+    poll_interval_s: float = 5.0
+    eventtypes: list[str] = msgspec.field(default_factory=list)
+    request_timeout_s: float = 30.0
+    backoff_max_s: float = 60.0
+    auth_retry_s: float = 60.0
+    retention_s: float = RETENTION_4H_S
+
+
+class PushSender(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    auth: Literal["basic", "hmac"] = "basic"
+    key: str = ""
+    secret: Secret
+
+
+class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "0.0.0.0"  # noqa: S104 -- a server in a pod listens on all interfaces
+    port: int = 8080
+    senders: list[PushSender] = msgspec.field(default_factory=list)
+    max_body_bytes: int = 1024 * 1024
+    signature_header: str = "X-Signature-SHA256"
+    shutdown_timeout_s: float = 10.0
+
+
+class MappingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    environment: Literal["production", "development"] = "development"
+    ticketure_currency: str = "USD"
+    ref_identity: str = "customer_id"
+    contact_identity: str = "other_id_2"
+    forward_unknown: bool = False
+    dedupe_window_s: float = 24 * 3600
+
+    def __post_init__(self) -> None:
+        if self.dedupe_window_s < RETENTION_4H_S:
+            raise ValueError(
+                f"dedupe_window_s: must be at least {RETENTION_4H_S} (Ticketmatic's 4 h retention)"
+            )
+
+
+MPARTICLE_PODS = {
+    "US1": "https://s2s.mparticle.com",
+    "US2": "https://s2s.us2.mparticle.com",
+    "EU1": "https://s2s.eu1.mparticle.com",
+    "AU1": "https://s2s.au1.mparticle.com",
+}
+
+
+class MParticleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pod: Literal["US1", "US2", "EU1", "AU1"] = "US1"
+    # An explicit base URL (scheme and host, without /v2) wins over the pod.
+    base_url: str | None = None
+    api_key: str = ""
+    api_secret: Secret | None = None
+    rate_limit_batches_per_s: float = 270.0
+    max_in_flight: int = 4
+    linger_ms: float = 20.0
+    request_timeout_s: float = 30.0
+    backoff_max_s: float = 60.0
+
+    def url(self) -> str:
+        """The base URL to post to, from ``base_url`` or the pod."""
+        return (self.base_url or MPARTICLE_PODS[self.pod]).rstrip("/")
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    topic_prefix: str = ""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_host: str = "0.0.0.0"  # noqa: S104 -- scraped from outside the pod
+    metrics_port: int = 9100
+    kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
+    topics: TopicSettings = msgspec.field(default_factory=TopicSettings)
+    ticketmatic: TicketmaticSettings = msgspec.field(default_factory=TicketmaticSettings)
+    receiver: ReceiverSettings = msgspec.field(default_factory=ReceiverSettings)
+    mapping: MappingSettings = msgspec.field(default_factory=MappingSettings)
+    mparticle: MParticleSettings = msgspec.field(default_factory=MParticleSettings)
+
+    def __post_init__(self) -> None:
+        if self.topic_prefix and not re.fullmatch(r"[A-Za-z0-9._-]+", self.topic_prefix):
+            raise ValueError("topic_prefix: may hold only letters, digits, '.', '_' and '-'")
+
+
+def _dec_hook(typ: type, obj: Any) -> Any:
+    if typ is Secret:
+        if isinstance(obj, Secret):
+            return obj
+        if isinstance(obj, str):
+            return Secret(obj)
+        raise ValueError(f"Expected `str`, got `{type(obj).__name__}`")
+    raise NotImplementedError(f"cannot decode {typ}")
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, Secret):
+        return "***"
+    raise NotImplementedError(f"cannot encode {type(obj)}")
+
+
+def env_name(path: tuple[str, ...]) -> str:
+    """The environment variable that sets the setting at ``path``."""
+    return ENV_PREFIX + "_".join(p.upper() for p in path)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings named by ``STREAMPROC_*`` variables, as a nested dict."""
+    out: dict[str, Any] = {}
+    for field in msgspec.structs.fields(Settings):
+        sub = field.type if isinstance(field.type, type) else None
+        if sub is not None and issubclass(sub, msgspec.Struct):
+            section: dict[str, Any] = {}
+            for sf in msgspec.structs.fields(sub):
+                name = env_name((field.name, sf.name))
+                if name in env:
+                    section[sf.name] = _env_value(env[name], sf.type, name)
+            if section:
+                out[field.name] = section
+        else:
+            name = env_name((field.name,))
+            if name in env:
+                out[field.name] = _env_value(env[name], field.type, name)
+    return out
+
+
+def _env_value(text: str, typ: Any, name: str) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    if origin in (list, dict):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(name, f"expected JSON ({exc})") from None
+    return text
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _setting_name(message: str) -> tuple[str, str]:
+    """Split msgspec's "reason - at `$.a.b`" into ("a.b (STREAMPROC_A_B)", reason).
+
+    A ``__post_init__`` check names its field first ("field: reason"), which is appended.
+    """
+    match = re.search(r" - at `\$\.?([^`]*)`$", message)
+    reason = message[: match.start()] if match else message
+    path = tuple(p for p in re.split(r"[.\[\]]+", match.group(1)) if p) if match else ()
+    field = re.match(r"(\w+): ", reason)
+    if field:
+        path, reason = (*path, field.group(1)), reason[field.end() :]
+    if not path:
+        return "settings", reason
+    dotted = ".".join(path)
+    named = [p for p in path if not p.isdigit()][:2]
+    return f"{dotted} ({env_name(tuple(named))})", reason
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from the TOML file (``config_path`` or ``STREAMPROC_CONFIG``) and ``env``.
+
+    Raises :class:`ConfigError` naming the first invalid setting.
+    """
+    env = os.environ if env is None else env
+    path = config_path or env.get(ENV_PREFIX + "CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config", f"file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    data = _merge(data, _env_overrides(env))
+    try:
+        return msgspec.convert(data, Settings, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        setting, reason = _setting_name(str(exc))
+        raise ConfigError(setting, reason) from None
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data with every secret shown as ``'***'``."""
+    result: dict[str, Any] = msgspec.to_builtins(settings, enc_hook=_enc_hook)
+    return result

@@ -1,0 +1,89 @@
+"""``/metrics``, ``/healthz`` and ``/readyz`` for every process.
+
+Components report readiness under a name; ``/readyz`` answers 200 only while every
+registered component is ready, else 503 with the reasons. ``/healthz`` answers 200 while
+the event loop runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+log = logging.getLogger(__name__)
+
+
+class Health:
+    """Readiness of named components, as ``/readyz`` reports it."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[bool, str]] = {}
+
+    def set(self, component: str, ready: bool, reason: str = "") -> None:
+        previous = self._state.get(component)
+        self._state[component] = (ready, reason)
+        if previous is not None and previous[0] != ready:
+            log.info("%s is %s %s", component, "ready" if ready else "NOT ready", reason)
+
+    def ready(self) -> bool:
+        return all(ok for ok, _ in self._state.values())
+
+    def report(self) -> dict[str, dict[str, object]]:
+        return {name: {"ready": ok, "reason": why} for name, (ok, why) in self._state.items()}
+
+
+class HealthServer:
+    """An aiohttp server for the three endpoints; ``start``/``stop`` are idempotent."""
+
+    def __init__(self, health: Health, host: str, port: int) -> None:
+        self.health = health
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"alive": True})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        status = 200 if self.health.ready() else 503
+        body = orjson.dumps({"ready": status == 200, "components": self.health.report()})
+        return web.Response(body=body, status=status, content_type="application/json")
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        log.info("metrics and health on http://%s:%d/metrics", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+
+    async def __aenter__(self) -> HealthServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,89 @@
+"""aiokafka clients built from settings, and the record headers every stage shares.
+
+All clients get the same connection and security options (TLS, SASL PLAIN/SCRAM), so a
+role never builds its own. Producers are idempotent with ``acks=all``; consumers read
+``read_committed`` and never auto-commit: offsets move only with the output they led to.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streamproc.config import KafkaSettings
+
+# Header names carried by every record (DESIGN.md: source, account, item id, entry time).
+H_SOURCE = "source"
+H_ACCOUNT = "account"
+H_SENDER = "sender"
+H_ITEM_ID = "item_id"
+H_ITEM_TIME = "item_time_ms"
+H_RECEIVED = "received_ms"
+H_REASON = "dlq_reason"
+H_ORIGIN_TOPIC = "origin_topic"
+
+Headers = list[tuple[str, bytes]]
+
+
+def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
+    """The first value of header ``name`` as text, or None."""
+    for key, value in headers or ():
+        if key == name:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection options common to producers, consumers and the admin client."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+        "request_timeout_ms": settings.request_timeout_ms,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_cafile)
+        if settings.ssl_certfile:
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+        context.check_hostname = settings.ssl_check_hostname
+        opts["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL"):
+        opts["sasl_mechanism"] = settings.sasl_mechanism
+        opts["sasl_plain_username"] = settings.sasl_username
+        opts["sasl_plain_password"] = (
+            settings.sasl_password.reveal() if settings.sasl_password else None
+        )
+    return opts
+
+
+def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent, ``acks=all`` producer; pass ``transactional_id`` for transactions."""
+    opts = client_options(settings)
+    opts.update(enable_idempotence=True, acks="all", linger_ms=5)
+    if overrides.get("transactional_id"):
+        opts["transaction_timeout_ms"] = settings.transaction_timeout_ms
+    opts.update(overrides)
+    return AIOKafkaProducer(**opts)
+
+
+def consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    """A ``read_committed`` consumer with auto-commit off."""
+    opts = client_options(settings)
+    opts.update(
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
+    opts.update(overrides)
+    return AIOKafkaConsumer(*topics, **opts)
+
+
+def admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
+    """An admin client with the same connection options."""
+    opts = client_options(settings)
+    opts.pop("client_id")
+    return AIOKafkaAdminClient(client_id=settings.client_id + "-admin", **opts)

@@ -1,0 +1,29 @@
+"""Signals and shutdown shared by every command.
+
+SIGTERM and SIGINT set one event; a command stops taking work when it is set, finishes or
+aborts what is in flight within its bound, commits, leaves its group and returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (installed on the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def wait_any(stop: asyncio.Event, *tasks: asyncio.Task[object]) -> None:
+    """Wait until ``stop`` is set or any task ends; re-raise a task's failure."""
+    waiter = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    for task in done:
+        if task is not waiter and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

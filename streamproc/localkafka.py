@@ -1,0 +1,328 @@
+"""A local, single-node Apache Kafka broker (KRaft) for ``make run`` and the tests.
+
+The broker's jars come from Maven Central through ``mvn dependency:copy-dependencies``
+into a git-ignored cache (``.cache/`` beside the package, or ``STREAMPROC_CACHE_DIR``),
+and run with the machine's Java 17. One node is broker and controller at once; internal
+topics have replication factor and min ISR 1, so transactions and compacted topics work.
+
+    python -m streamproc.localkafka up [--port 9092]    # idempotent, waits until it answers
+    python -m streamproc.localkafka down [--port 9092]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KAFKA_VERSION = "4.4.0"
+# Brokers this process started, kept so that stopping one also collects its exit status.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+LOG4J_VERSION = "2.25.5"
+
+POM = """<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.streamproc</groupId>
+  <artifactId>local-kafka</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+LOG4J2 = """status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log_file}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = file
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+"""
+
+SERVER_PROPERTIES = """process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data_dir}/logs
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=8
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.cleaner.min.compaction.lag.ms=0
+"""
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("STREAMPROC_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parent.parent / ".cache"
+
+
+def libs_dir() -> Path:
+    return cache_dir() / f"kafka-{KAFKA_VERSION}" / "libs"
+
+
+def resolve_jars() -> Path:
+    """The folder of the broker's jars, fetched with Maven the first time."""
+    libs = libs_dir()
+    if (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise SystemExit("Maven (mvn) is needed to fetch the Kafka broker's jars; install it")
+    work = libs.parent
+    work.mkdir(parents=True, exist_ok=True)
+    pom = work / "pom.xml"
+    pom.write_text(POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION), encoding="utf-8")
+    partial = work / "libs.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    print(f"fetching Apache Kafka {KAFKA_VERSION} jars with Maven...", file=sys.stderr)
+    subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={partial}",
+        ],
+        check=True,
+    )
+    partial.rename(libs)
+    return libs
+
+
+def data_dir(port: int) -> Path:
+    return cache_dir() / "kafka-data" / str(port)
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise SystemExit("Java 17+ is needed to run the Kafka broker; install it")
+    return java
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_pid(port: int, data: Path | None = None) -> int | None:
+    pid_file = (data or data_dir(port)) / "kafka.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+async def _answers(bootstrap: str) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await client.start()
+        await client.list_topics()
+    except Exception:  # noqa: BLE001 -- any failure means "not ready yet"
+        return False
+    finally:
+        await client.close()
+    return True
+
+
+def wait_ready(port: int, timeout_s: float = 90.0, pid: int | None = None) -> None:
+    """Block until the broker answers a metadata request; raise if it died or timed out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pid is not None and not _pid_alive(pid):
+            raise RuntimeError(f"the Kafka broker exited during start; see {data_dir(port)}")
+        if port_open(port) and asyncio.run(_answers(f"127.0.0.1:{port}")):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the Kafka broker on port {port} did not answer within {timeout_s} s")
+
+
+def up(port: int = 9092, data: Path | None = None, heap: str = "768m") -> int:
+    """Start the broker on ``port`` unless it already runs; return its pid."""
+    data = data or data_dir(port)
+    pid = running_pid(port, data)
+    if pid is not None and port_open(port):
+        print(f"Kafka already up on 127.0.0.1:{port} (pid {pid})")
+        return pid
+    if port_open(port):
+        raise SystemExit(f"port {port} is taken by another process; choose another with KAFKA_PORT")
+    libs = resolve_jars()
+    data.mkdir(parents=True, exist_ok=True)
+    controller_port = free_port()
+    props = data / "server.properties"
+    props.write_text(
+        SERVER_PROPERTIES.format(port=port, controller_port=controller_port, data_dir=data),
+        encoding="utf-8",
+    )
+    log4j = data / "log4j2.properties"
+    log4j.write_text(LOG4J2.format(log_file=data / "server.log"), encoding="utf-8")
+    java = _java()
+    classpath = f"{libs}/*"
+    if not (data / "logs" / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        subprocess.run(
+            [
+                java,
+                "-cp",
+                classpath,
+                f"-Dlog4j2.configurationFile={log4j}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    with (data / "stdout.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                java,
+                "-Xms256m",
+                f"-Xmx{heap}",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={log4j}",
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(props),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _children[proc.pid] = proc
+    (data / "kafka.pid").write_text(str(proc.pid))
+    try:
+        wait_ready(port, pid=proc.pid)
+    except BaseException:
+        down(port, data)
+        raise
+    print(f"Kafka {KAFKA_VERSION} up on 127.0.0.1:{port} (pid {proc.pid}, data in {data})")
+    return proc.pid
+
+
+def down(port: int = 9092, data: Path | None = None, timeout_s: float = 30.0) -> None:
+    """Stop the broker on ``port`` (SIGTERM, then SIGKILL after ``timeout_s``)."""
+    data = data or data_dir(port)
+    pid = running_pid(port, data)
+    if pid is None:
+        print(f"Kafka is not running on port {port}")
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        _reap(pid)
+    (data / "kafka.pid").unlink(missing_ok=True)
+    print(f"Kafka on port {port} stopped")
+
+
+def _reap(pid: int) -> None:
+    # When we started the broker ourselves it is our child: collect it so it is not a zombie.
+    proc = _children.get(pid)
+    if proc is not None:
+        if proc.poll() is not None:
+            del _children[pid]
+        return
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m streamproc.localkafka",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("action", choices=["up", "down", "jars"])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_PORT", "9092")))
+    args = parser.parse_args(argv)
+    if args.action == "up":
+        up(args.port)
+    elif args.action == "down":
+        down(args.port)
+    else:
+        print(resolve_jars())
+
+
+if __name__ == "__main__":
+    main()

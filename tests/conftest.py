@@ -1,0 +1,77 @@
+"""Shared fixtures: one real Kafka broker per test session, and per-test topics and groups.
+
+The broker is the same Apache Kafka (KRaft, single node) that ``make kafka-up`` runs,
+started on a free port with its data in a temporary folder, unless
+``STREAMPROC_KAFKA_BOOTSTRAP_SERVERS`` names one to use instead. Each test gets its own
+topic prefix and group ids, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from streamproc import localkafka, topics
+from streamproc.config import KafkaSettings, Settings, TopicSettings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """bootstrap.servers of the session's broker (started here unless given)."""
+    given = os.environ.get("STREAMPROC_KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    port = localkafka.free_port()
+    data = tmp_path_factory.mktemp("kafka")
+    localkafka.up(port, data)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        localkafka.down(port, data)
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """A factory of names unique to this test (for group ids, transactional ids...)."""
+    token = uuid.uuid4().hex[:8]
+    return lambda name: f"{name}-{token}"
+
+
+@pytest.fixture
+def make_settings(kafka_bootstrap: str) -> Callable[..., Settings]:
+    """Settings on the session broker with a topic prefix of this test's own."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+
+    def make(partitions: int = 3, **fields: object) -> Settings:
+        return Settings(
+            topic_prefix=prefix,
+            kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, client_id="streamproc-test"),
+            topics=TopicSettings(partitions=partitions),
+            **fields,  # type: ignore[arg-type]
+        )
+
+    return make
+
+
+@pytest.fixture
+async def kafka_settings(make_settings: Callable[..., Settings]) -> Settings:
+    """Settings whose topics exist on the session broker (3 partitions each)."""
+    settings = make_settings()
+    await topics.ensure(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    """../shared/reference beside the repository; tests that need it skip without it."""
+    ref = SHARED / "reference"
+    if not ref.is_dir():
+        pytest.skip(f"{ref} is absent: the reference material lives beside the repository")
+    return ref

@@ -1,0 +1,53 @@
+"""The streamproc command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from streamproc import cli
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamproc.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_help_lists_every_role() -> None:
+    """--help names every subcommand a user needs."""
+    result = run("--help")
+    assert result.returncode == 0
+    for name in ("poll", "receive", "map", "deliver", "run", "sim", "topics", "dlq", "config"):
+        assert name in result.stdout
+
+
+def test_missing_role_module_says_not_implemented(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command whose module does not exist says so and exits 2."""
+    monkeypatch.setitem(cli.COMMANDS, ("map",), ("streamproc.no_such_module", "x"))
+    assert cli.main(["map"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_invalid_configuration_fails_naming_the_setting() -> None:
+    """A bad STREAMPROC_ value stops the command with exit 2 and the variable's name."""
+    result = run("config", env={"STREAMPROC_METRICS_PORT": "x", "PATH": ""})
+    assert result.returncode == 2
+    assert "STREAMPROC_METRICS_PORT" in result.stderr
+
+
+def test_config_prints_settings_without_secrets() -> None:
+    """`streamproc config` shows the effective settings with secrets masked."""
+    result = run("config", env={"STREAMPROC_MPARTICLE_API_SECRET": "s3cr3t", "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert '"api_secret": "***"' in result.stdout
+    assert "s3cr3t" not in result.stdout + result.stderr

@@ -1,0 +1,99 @@
+"""Settings from TOML and the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamproc.config import Secret, describe, load_settings
+from streamproc.errors import ConfigError
+
+
+def test_defaults_without_file_or_environment() -> None:
+    """With nothing configured, Kafka is localhost:9092 and there is no prefix."""
+    settings = load_settings(env={})
+    assert settings.kafka.bootstrap_servers == "localhost:9092"
+    assert settings.topic_prefix == ""
+    assert settings.mapping.dedupe_window_s == 24 * 3600
+
+
+def test_environment_wins_over_file(tmp_path: Path) -> None:
+    """A STREAMPROC_ variable overrides the same setting from the TOML file."""
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'topic_prefix = "file."\n[kafka]\nbootstrap_servers = "file:1"\nclient_id = "f"\n'
+    )
+    settings = load_settings(path, env={"STREAMPROC_KAFKA_BOOTSTRAP_SERVERS": "env:2"})
+    assert settings.kafka.bootstrap_servers == "env:2"
+    assert settings.kafka.client_id == "f"
+    assert settings.topic_prefix == "file."
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    """STREAMPROC_CONFIG names the TOML file when --config is not given."""
+    path = tmp_path / "s.toml"
+    path.write_text('topic_prefix = "p."\n')
+    assert load_settings(env={"STREAMPROC_CONFIG": str(path)}).topic_prefix == "p."
+
+
+def test_scalars_and_lists_from_environment() -> None:
+    """Numbers and booleans parse from text; lists of tables take JSON."""
+    settings = load_settings(
+        env={
+            "STREAMPROC_METRICS_PORT": "9200",
+            "STREAMPROC_MAPPING_FORWARD_UNKNOWN": "true",
+            "STREAMPROC_TICKETMATIC_ACCOUNTS": (
+                '[{"name": "acme", "access_key": "AK", "secret_key": "SK", "currency": "USD"}]'
+            ),
+        }
+    )
+    assert settings.metrics_port == 9200
+    assert settings.mapping.forward_unknown is True
+    account = settings.ticketmatic.accounts[0]
+    assert (account.name, account.currency, account.secret_key.reveal()) == ("acme", "USD", "SK")
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"STREAMPROC_METRICS_PORT": "ninety"}, "STREAMPROC_METRICS_PORT"),
+        ({"STREAMPROC_KAFKA_SECURITY_PROTOCOL": "TLS"}, "STREAMPROC_KAFKA_SECURITY_PROTOCOL"),
+        ({"STREAMPROC_MAPPING_DEDUPE_WINDOW_S": "3600"}, "STREAMPROC_MAPPING_DEDUPE_WINDOW_S"),
+        ({"STREAMPROC_TOPIC_PREFIX": "bad prefix!"}, "STREAMPROC_TOPIC_PREFIX"),
+        ({"STREAMPROC_TICKETMATIC_ACCOUNTS": "[{"}, "STREAMPROC_TICKETMATIC_ACCOUNTS"),
+        ({"STREAMPROC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "STREAMPROC_KAFKA"),
+    ],
+)
+def test_invalid_setting_is_named(env: dict[str, str], named: str) -> None:
+    """An invalid value fails at load with its environment variable in the message."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env)
+    assert named in str(info.value)
+
+
+def test_unknown_file_key_is_named(tmp_path: Path) -> None:
+    """A misspelt key in the TOML file is an error naming it, not silently ignored."""
+    path = tmp_path / "s.toml"
+    path.write_text("[kafka]\nbootstrap_server = 'x'\n")
+    with pytest.raises(ConfigError, match="bootstrap_server"):
+        load_settings(path, env={})
+
+
+def test_secrets_never_shown() -> None:
+    """Passwords and keys are hidden in repr, str and the described settings."""
+    settings = load_settings(
+        env={
+            "STREAMPROC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "STREAMPROC_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "STREAMPROC_KAFKA_SASL_USERNAME": "u",
+            "STREAMPROC_KAFKA_SASL_PASSWORD": "hunter2",
+            "STREAMPROC_MPARTICLE_API_SECRET": "mp-secret-value",
+        }
+    )
+    shown = repr(settings) + str(settings) + str(describe(settings))
+    assert "hunter2" not in shown
+    assert "mp-secret-value" not in shown
+    assert isinstance(settings.kafka.sasl_password, Secret)
+    assert settings.kafka.sasl_password.reveal() == "hunter2"
+    assert describe(settings)["kafka"]["sasl_password"] == "***"

@@ -1,0 +1,130 @@
+"""The real broker: round trips, transactions and topic management."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from streamproc import kafka, topics
+from streamproc.config import Settings
+
+pytestmark = pytest.mark.kafka
+
+
+async def consume_all(
+    settings: Settings, topic: str, expected: int, group: str, timeout_s: float = 20.0
+) -> list[tuple[bytes | None, bytes | None]]:
+    """Read a topic from the start until ``expected`` records arrived (or time runs out)."""
+    consumer = kafka.consumer(settings.kafka, topic, group_id=group)
+    await consumer.start()
+    out: list[tuple[bytes | None, bytes | None]] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(out) < expected and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp in sorted(batch):
+                out += [(m.key, m.value) for m in batch[tp]]
+        # Give stray extra records a moment to show up, so "exactly" is checked too.
+        batch = await consumer.getmany(timeout_ms=500)
+        out += [(m.key, m.value) for msgs in batch.values() for m in msgs]
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def test_produce_consume_round_trip(
+    kafka_settings: Settings, unique: Callable[[str], str]
+) -> None:
+    """Records produced with headers come back with the same keys, values and headers."""
+    topic = topics.Topics.for_prefix(kafka_settings.topic_prefix).ticketure
+    producer = kafka.producer(kafka_settings.kafka)
+    await producer.start()
+    try:
+        for i in range(20):
+            await producer.send_and_wait(
+                topic, f"v{i}".encode(), key=b"order-1", headers=[(kafka.H_ITEM_ID, b"%d" % i)]
+            )
+    finally:
+        await producer.stop()
+    consumer = kafka.consumer(kafka_settings.kafka, topic, group_id=unique("g"))
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        while len(got) < 20:
+            batch = await consumer.getmany(timeout_ms=5000)
+            assert batch, "no records within 5 s"
+            got += [m for msgs in batch.values() for m in msgs]
+    finally:
+        await consumer.stop()
+    # One key: one partition, in produce order.
+    assert [m.value for m in got] == [f"v{i}".encode() for i in range(20)]
+    assert [kafka.header(m.headers, kafka.H_ITEM_ID) for m in got] == [str(i) for i in range(20)]
+
+
+async def test_transaction_commits_output_with_offsets_and_hides_aborted(
+    kafka_settings: Settings, unique: Callable[[str], str]
+) -> None:
+    """Committed transactional output and its offsets appear together; aborted never."""
+    names = topics.Topics.for_prefix(kafka_settings.topic_prefix)
+    plain = kafka.producer(kafka_settings.kafka)
+    await plain.start()
+    for i in range(10):
+        await plain.send_and_wait(names.ticketure, b"in%d" % i, key=b"k%d" % (i % 3))
+    await plain.stop()
+
+    group = unique("map")
+    consumer = kafka.consumer(kafka_settings.kafka, names.ticketure, group_id=group)
+    tx = kafka.producer(kafka_settings.kafka, transactional_id=unique("tx"))
+    await consumer.start()
+    await tx.start()
+    try:
+        seen: dict[TopicPartition, list[bytes]] = {}
+        while sum(len(v) for v in seen.values()) < 10:
+            for tp, msgs in (await consumer.getmany(timeout_ms=5000)).items():
+                seen.setdefault(tp, []).extend(m.value for m in msgs)
+        positions = {tp: await consumer.position(tp) for tp in seen}
+        async with tx.transaction():
+            for values in seen.values():
+                for value in values:
+                    await tx.send(names.batches, b"out-" + value)
+            await tx.send_offsets_to_transaction(positions, group)
+        await tx.begin_transaction()
+        await tx.send(names.batches, b"aborted")
+        await tx.abort_transaction()
+        committed = {tp: await consumer.committed(tp) for tp in positions}
+    finally:
+        await tx.stop()
+        await consumer.stop()
+    assert committed == positions
+    out = await consume_all(kafka_settings, names.batches, 10, unique("reader"))
+    values = sorted(v for _, v in out if v is not None)
+    assert values == sorted(b"out-in%d" % i for i in range(10))
+
+
+async def test_topics_ensure_twice(make_settings: Callable[..., Settings]) -> None:
+    """`topics ensure` creates every topic with its policy, and a second run changes nothing."""
+    settings = make_settings(partitions=2)
+    first = await topics.ensure(settings)
+    assert sum(line.startswith("created") for line in first) == 6
+    second = await topics.ensure(settings)
+    assert all(line.startswith("kept") for line in second), second
+    described = {row["role"]: row for row in await topics.describe(settings)}
+    assert described["cursors"]["cleanup.policy"] == "compact"
+    assert described["dedupe"]["cleanup.policy"] == "compact"
+    assert described["dedupe"]["partitions"] == 2
+    assert described["ticketmatic"]["cleanup.policy"] == "delete"
+    assert described["ticketmatic"]["retention.ms"] == str(settings.topics.source_retention_ms)
+    assert await topics.retention_ms(settings, described["batches"]["topic"]) == (
+        settings.topics.batches_retention_ms
+    )
+
+
+async def test_topics_ensure_grows_partitions(make_settings: Callable[..., Settings]) -> None:
+    """Raising the partition count grows existing topics instead of failing."""
+    await topics.ensure(make_settings(partitions=1))
+    report = await topics.ensure(make_settings(partitions=2))
+    assert any(line.startswith("grew") and "ticketure.audit" in line for line in report)
