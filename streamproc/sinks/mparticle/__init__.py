@@ -1,0 +1,1 @@
+"""mParticle's Events API: the delivery client and its command."""

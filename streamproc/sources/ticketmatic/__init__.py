@@ -1,0 +1,1 @@
+"""Ticketmatic's eventstream: item formats, signing, the poller and its command."""

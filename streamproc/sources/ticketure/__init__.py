@@ -1,0 +1,1 @@
+"""Ticketure's Push API: audit record formats, the receiver and its command."""
