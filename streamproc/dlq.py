@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 
 import orjson
-from aiokafka import TopicPartition
 
 from streamproc import kafka, metrics
 from streamproc.config import Settings
@@ -73,8 +72,12 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         await producer.start()
     count = 0
     try:
-        await consumer.topics()  # loads metadata for every topic
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        client = kafka.admin(settings.kafka)
+        await client.start()
+        try:
+            partitions = await kafka.partitions(client, [topic])
+        finally:
+            await client.close()
         if not partitions:
             print(f"dead-letter topic {topic} does not exist", file=sys.stderr)
             return 1

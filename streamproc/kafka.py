@@ -11,7 +11,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streamproc.config import KafkaSettings
@@ -87,3 +87,14 @@ def admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
     opts = client_options(settings)
     opts.pop("client_id")
     return AIOKafkaAdminClient(client_id=settings.client_id + "-admin", **opts)
+
+
+async def partitions(client: AIOKafkaAdminClient, topics: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of ``topics`` that exist, in topic then partition order."""
+    described = await client.describe_topics(list(topics))
+    return [
+        TopicPartition(d["topic"], p["partition"])
+        for d in sorted(described, key=lambda d: str(d["topic"]))
+        if d["error_code"] == 0
+        for p in sorted(d["partitions"], key=lambda p: int(p["partition"]))
+    ]

@@ -1,0 +1,90 @@
+"""Lag in records and seconds, and retention headroom, against a real consumer group."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from aiokafka import TopicPartition
+
+from streamproc import kafka, metrics
+from streamproc.config import Settings
+from streamproc.lag import LagMonitor
+from streamproc.topics import Topics
+
+pytestmark = pytest.mark.kafka
+
+HOUR_MS = 3600 * 1000
+
+
+def gauge(metric: object, group: str, topic: str, partition: int) -> float:
+    value = metric.labels(group, topic, str(partition))._value.get()  # type: ignore[attr-defined]
+    return float(value)
+
+
+async def test_known_lag_then_caught_up(
+    kafka_settings: Settings, unique: Callable[[str], str]
+) -> None:
+    """Records an hour old, unread: lag reads 1 h and headroom retention - 1 h; then 0."""
+    topic = Topics.for_prefix(kafka_settings.topic_prefix).ticketure
+    group = unique("lagged")
+    retention_s = kafka_settings.topics.source_retention_ms / 1000
+    written_at = int(time.time() * 1000) - HOUR_MS
+    producer = kafka.producer(kafka_settings.kafka)
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(
+                topic, b"v%d" % i, key=b"k", partition=0, timestamp_ms=written_at + i * 1000
+            )
+    finally:
+        await producer.stop()
+
+    # The group exists with a committed offset of 0 on partition 0: a paused consumer.
+    consumer = kafka.consumer(kafka_settings.kafka, group_id=group)
+    await consumer.start()
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    await consumer.commit({tp: 0})
+
+    async with LagMonitor(kafka_settings, group, [topic], interval_s=60) as monitor:
+        reading = await monitor.sample()
+        records, seconds, headroom = reading[tp]
+        truth = time.time() - written_at / 1000
+        assert records == 5
+        assert abs(seconds - truth) < 5
+        assert abs(headroom - (retention_s - truth)) < 5
+        assert gauge(metrics.CONSUMER_LAG_RECORDS, group, topic, 0) == 5
+        assert abs(gauge(metrics.CONSUMER_LAG_SECONDS, group, topic, 0) - truth) < 5
+        assert reading[TopicPartition(topic, 1)] == (0, 0.0, retention_s)
+
+        # Process them all and commit: the lag returns to 0 and the headroom to the full window.
+        consumer.seek(tp, 0)
+        got = await consumer.getmany(tp, timeout_ms=5000)
+        assert len(got[tp]) == 5
+        await consumer.commit({tp: got[tp][-1].offset + 1})
+        records, seconds, headroom = (await monitor.sample())[tp]
+        assert (records, seconds, headroom) == (0, 0.0, retention_s)
+        assert gauge(metrics.CONSUMER_LAG_SECONDS, group, topic, 0) == 0
+    await consumer.stop()
+
+
+async def test_group_without_commits_counts_from_the_beginning(
+    kafka_settings: Settings, unique: Callable[[str], str]
+) -> None:
+    """A group that never committed lags by every record in the topic."""
+    topic = Topics.for_prefix(kafka_settings.topic_prefix).batches
+    producer = kafka.producer(kafka_settings.kafka)
+    await producer.start()
+    try:
+        for i in range(3):
+            await producer.send_and_wait(
+                topic, b"x", partition=2, timestamp_ms=int(time.time() * 1000) - 10_000 - i
+            )
+    finally:
+        await producer.stop()
+    async with LagMonitor(kafka_settings, unique("fresh"), [topic], interval_s=60) as monitor:
+        records, seconds, _ = (await monitor.sample())[TopicPartition(topic, 2)]
+    assert records == 3
+    assert 9 < seconds < 20
