@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -75,7 +76,7 @@ async def test_replay_sends_records_back_unchanged(
     origin = Topics.for_prefix(kafka_settings.topic_prefix).ticketmatic
     consumer = kafka.consumer(kafka_settings.kafka, origin, group_id=unique("check"))
     await consumer.start()
-    got = []
+    got: list[Any] = []
     try:
         while len(got) < 3:
             batch = await consumer.getmany(timeout_ms=5000)
