@@ -99,14 +99,15 @@ def format_item_id(key: tuple[int, int]) -> str:
 
 def parse_ts(ts: str) -> datetime:
     """ISO 8601 in UTC, with or without an offset (``+0000``, ``+00:00``, ``Z``)."""
-    text = ts.strip()
+    text = ts.strip().upper()
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        # OverflowError: a time near year 1 or 9999 whose offset moves it out of range.
         raise DecodeError("ts", f"{ts!r} is not an ISO 8601 time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def ts_ms(ts: str) -> int:
