@@ -1,0 +1,746 @@
+"""deploy/: the dashboard and alerts use exactly streamproc's metrics; manifests run real
+commands with real settings.
+
+PyYAML is not a dependency, so the YAML files in deploy/ are written in a block-style subset
+(mappings, sequences, plain and quoted scalars, ``|``/``>`` block scalars, ``---``) that
+:func:`load_yaml` reads; anything outside it (flow collections, anchors, multi-line plain
+scalars) is an error, not a silent misreading. Scalars stay text.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
+
+from streamproc import cli, config, metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+DASHBOARD = DEPLOY / "grafana" / "streamproc-dashboard.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+ROLES = ("poll", "receive", "map", "deliver")
+# Labels Prometheus adds to every series from the target (scrape config, PodMonitor).
+TARGET_LABELS = frozenset(
+    {"instance", "job", "namespace", "pod", "app_kubernetes_io_name", "app_kubernetes_io_component"}
+)
+METRIC_NAME = re.compile(r"\bstreamproc_[a-z0-9_]+\b")
+MPARTICLE_DEFAULT_LIMIT = 270.0  # batches/s per feed (shared/reference/mparticle)
+
+
+# --- a YAML subset --------------------------------------------------------------------
+
+
+class YamlSubsetError(ValueError):
+    pass
+
+
+_KEY = re.compile(r"^([A-Za-z0-9_./-]+):(?:\s+(.*))?$")
+
+
+class _Reader:
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.i = 0
+
+    def fail(self, why: str) -> YamlSubsetError:
+        return YamlSubsetError(f"line {self.i + 1}: {why}: {self.lines[self.i]!r}")
+
+    def peek(self) -> tuple[int, str] | None:
+        """(indent, content) of the next line that is not blank or a comment."""
+        while self.i < len(self.lines):
+            raw = self.lines[self.i]
+            content = raw.strip()
+            if content and not content.startswith("#"):
+                if "\t" in raw[: len(raw) - len(raw.lstrip())]:
+                    raise self.fail("tab in indentation")
+                return len(raw) - len(raw.lstrip(" ")), content
+            self.i += 1
+        return None
+
+    def node(self) -> Any:
+        nxt = self.peek()
+        if nxt is None:
+            return None
+        return self.sequence(nxt[0]) if _is_item(nxt[1]) else self.mapping(nxt[0])
+
+    def mapping(self, indent: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        while (nxt := self.peek()) is not None and nxt[0] >= indent:
+            if nxt[0] > indent:
+                raise self.fail("unexpected indentation")
+            if _is_item(nxt[1]):
+                break
+            match = _KEY.match(nxt[1])
+            if match is None:
+                raise self.fail("expected 'key: value'")
+            key, rest = match.group(1), (match.group(2) or "").strip()
+            if key in out:
+                raise self.fail(f"duplicate key {key}")
+            if rest in ("|", "|-", ">", ">-"):
+                self.i += 1
+                out[key] = self.block_scalar(rest, indent)
+            elif rest and not rest.startswith("#"):
+                out[key] = _scalar(rest, self)
+                self.i += 1
+            else:
+                self.i += 1
+                out[key] = self.nested(indent)
+        return out
+
+    def nested(self, indent: int) -> Any:
+        nxt = self.peek()
+        if nxt is None or nxt[0] < indent or (nxt[0] == indent and not _is_item(nxt[1])):
+            return None
+        return self.node()
+
+    def sequence(self, indent: int) -> list[Any]:
+        out: list[Any] = []
+        while (nxt := self.peek()) is not None and nxt[0] == indent and _is_item(nxt[1]):
+            item = nxt[1][1:].lstrip()
+            if not item:
+                self.i += 1
+                out.append(self.node())
+            elif _KEY.match(item):
+                # "- key: value" opens a mapping whose keys line up with "key".
+                inner = indent + len(nxt[1]) - len(item)
+                self.lines[self.i] = " " * inner + item
+                out.append(self.mapping(inner))
+            else:
+                out.append(_scalar(item, self))
+                self.i += 1
+        return out
+
+    def block_scalar(self, style: str, indent: int) -> str:
+        body: list[str] = []
+        block_indent = None
+        while self.i < len(self.lines):
+            raw = self.lines[self.i]
+            if raw.strip():
+                here = len(raw) - len(raw.lstrip(" "))
+                if here <= indent:
+                    break
+                block_indent = here if block_indent is None else block_indent
+                if here < block_indent:
+                    raise self.fail("block scalar line indented less than its first line")
+                body.append(raw[block_indent:])
+            else:
+                body.append("")
+            self.i += 1
+        while body and not body[-1]:
+            body.pop()
+        text = "\n".join(body) if style.startswith("|") else _fold(body)
+        return text if style.endswith("-") else text + "\n"
+
+
+def _fold(lines: list[str]) -> str:
+    """A folded scalar: a line break between two lines becomes a space, each blank line a
+    line break; around more-indented lines the line breaks stay."""
+    text, previous, blanks = "", None, 0
+    for line in lines:
+        if not line:
+            blanks += 1
+            continue
+        if previous is not None:
+            plain = not previous[0].isspace() and not line[0].isspace()
+            text += (" " if plain else "\n") if blanks == 0 else "\n" * (blanks + (not plain))
+        text += line
+        previous, blanks = line, 0
+    return text
+
+
+def _is_item(content: str) -> bool:
+    return content == "-" or content.startswith("- ")
+
+
+def _scalar(text: str, reader: _Reader) -> Any:
+    if text in ("[]", "{}"):
+        return [] if text == "[]" else {}
+    if text[0] == '"':
+        end = re.match(r'"(?:[^"\\]|\\.)*"', text)
+        if end is None or not _only_comment(text[end.end() :]):
+            raise reader.fail("bad double-quoted scalar")
+        value: str = json.loads(end.group(0))
+        return value
+    if text[0] == "'":
+        end = re.match(r"'(?:[^']|'')*'", text)
+        if end is None or not _only_comment(text[end.end() :]):
+            raise reader.fail("bad single-quoted scalar")
+        return end.group(0)[1:-1].replace("''", "'")
+    if text[0] in "[]{}&*!|>%@`":
+        raise reader.fail("unsupported YAML (flow collection, anchor, tag...)")
+    return re.sub(r"\s+#.*$", "", text)
+
+
+def _only_comment(rest: str) -> bool:
+    return not rest.strip() or re.match(r"\s+#", rest) is not None
+
+
+def load_yaml(text: str) -> list[Any]:
+    """Every non-empty document in ``text`` (the block-style subset described above)."""
+    docs: list[Any] = []
+    for chunk in re.split(r"^---\s*$", text, flags=re.MULTILINE):
+        reader = _Reader(chunk)
+        doc = reader.node()
+        if reader.peek() is not None:
+            raise reader.fail("content after the document")
+        if doc is not None:
+            docs.append(doc)
+    return docs
+
+
+def test_yaml_subset_reader() -> None:
+    """The YAML reader gets nesting, block scalars and quoting right and refuses the rest."""
+    text = (
+        "a:\n  b: 'it''s'\n  c:\n    - x\n    - k: \"v #1\"\n      n: 2 # two\n"
+        "d: >-\n  one\n  two\n\n  three\n    four\n  five\ne: |\n  l1\n  l2\nf:\n- y\n"
+        "---\n# only a comment\n"
+    )
+    assert load_yaml(text) == [
+        {
+            "a": {"b": "it's", "c": ["x", {"k": "v #1", "n": "2"}]},
+            "d": "one two\nthree\n  four\nfive",
+            "e": "l1\nl2\n",
+            "f": ["y"],
+        }
+    ]
+    for bad in ("a: {b: 1}\n", "a: b\n  c: d\n", "a: &x 1\n", "a: 1\na: 2\n"):
+        with pytest.raises(YamlSubsetError):
+            load_yaml(bad)
+
+
+# --- streamproc's metrics as Prometheus exposes them ------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str
+    labels: frozenset[str]
+
+    def exposed(self) -> frozenset[str]:
+        """The series names Prometheus stores for this metric."""
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "summary": ("", "_sum", "_count", "_created"),
+        }.get(self.kind, ("",))
+        return frozenset(self.name + s for s in suffixes)
+
+    def series_labels(self, series: str) -> frozenset[str]:
+        return self.labels | {"le"} if series.endswith("_bucket") else self.labels
+
+
+@functools.cache
+def streamproc_metrics() -> dict[str, Metric]:
+    """Every metric streamproc/metrics.py defines, by exposed series name."""
+    labels = {
+        obj._name: frozenset(obj._labelnames)
+        for obj in vars(metrics).values()
+        if isinstance(obj, MetricWrapperBase)
+    }
+    by_series: dict[str, Metric] = {}
+    for family in REGISTRY.collect():
+        if family.name in labels:
+            metric = Metric(family.name, family.type, labels.pop(family.name))
+            by_series.update(dict.fromkeys(metric.exposed(), metric))
+    assert not labels, f"defined in streamproc.metrics but not registered: {sorted(labels)}"
+    return by_series
+
+
+def unknown_metric_names(text: str) -> set[str]:
+    """streamproc_* names in ``text`` that are not series of streamproc's metrics."""
+    return set(METRIC_NAME.findall(text)) - set(streamproc_metrics())
+
+
+def label_problems(expr: str) -> list[str]:
+    """Labels an expression selects or groups by that its metrics do not have, and
+    rate()/increase() over gauges or histogram_quantile() without buckets by ``le``."""
+    known = streamproc_metrics()
+    problems = []
+    used: set[str] = set(TARGET_LABELS)
+    for series in METRIC_NAME.findall(expr):
+        if series in known:
+            used |= known[series].series_labels(series)
+    for series, selector in re.findall(r"\b(streamproc_[a-z0-9_]+)\{([^}]*)\}", expr):
+        metric = known.get(series)
+        allowed = TARGET_LABELS | (metric.series_labels(series) if metric else frozenset())
+        for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector):
+            if label not in allowed:
+                problems.append(f"{series} has no label {label}")
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        for label in filter(None, (x.strip() for x in group.split(","))):
+            if label not in used:
+                problems.append(f"no metric in the expression has label {label}")
+    for series in re.findall(r"\b(?:rate|irate|increase)\(\s*(streamproc_[a-z0-9_]+)", expr):
+        if not series.endswith(("_total", "_bucket", "_sum", "_count")):
+            problems.append(f"rate/increase over {series}, which is not a counter")
+    if "histogram_quantile" in expr and not (
+        "_bucket" in expr and re.search(r"\bby\s*\([^)]*\ble\b", expr)
+    ):
+        problems.append("histogram_quantile needs _bucket series summed by le")
+    return problems
+
+
+def by_labels(expr: str) -> set[str]:
+    return {
+        label.strip()
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", expr)
+        for label in group.split(",")
+        if label.strip()
+    } - {"le"}
+
+
+def test_metric_checks_can_fail() -> None:
+    """The metric checks flag a wrong name, a missing _total, a foreign label and rate(gauge)."""
+    assert unknown_metric_names("sum(rate(streamproc_items_in[5m]))") == {"streamproc_items_in"}
+    assert unknown_metric_names("rate(streamproc_items_in_total[5m])") == set()
+    assert label_problems("sum by (status) (rate(streamproc_deliver_requests_total[5m]))")
+    assert label_problems('streamproc_items_in_total{account="a"}')
+    assert label_problems("rate(streamproc_deliver_in_flight[5m])")
+    assert label_problems("histogram_quantile(0.9, rate(streamproc_deliver_request_seconds[5m]))")
+    assert not label_problems(
+        "histogram_quantile(0.9, sum by (source, le) "
+        "(rate(streamproc_end_to_end_seconds_bucket[5m])))"
+    )
+
+
+# --- the Grafana dashboard ------------------------------------------------------------
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return data
+
+
+def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from all_panels(panel.get("panels", []))
+
+
+def dashboard_exprs() -> list[tuple[str, str, str]]:
+    """(panel title, expr, legend) of every query, and the templating queries."""
+    data = dashboard()
+    out = [
+        (panel["title"], target["expr"], target.get("legendFormat", ""))
+        for panel in all_panels(data["panels"])
+        for target in panel.get("targets", [])
+    ]
+    for var in data["templating"]["list"]:
+        if var["type"] == "query":
+            out.append((f"${var['name']}", var["query"]["query"], ""))
+    return out
+
+
+def test_dashboard_is_valid_with_unique_panel_ids() -> None:
+    """The dashboard parses, has unique panel ids and refIds, and its panels do not overlap."""
+    data = dashboard()
+    assert data["uid"]
+    assert data["title"]
+    assert 36 <= data["schemaVersion"] <= 41
+    panels = list(all_panels(data["panels"]))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] < grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+        if panel["type"] != "row":
+            assert panel["targets"], f"{panel['title']} has no query"
+            ref_ids = [t["refId"] for t in panel["targets"]]
+            assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+
+
+def test_dashboard_datasource_is_the_templated_variable() -> None:
+    """Every panel and query reads from the ${DS_PROMETHEUS} data source variable."""
+    data = dashboard()
+    variables = {v["name"]: v for v in data["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    for panel in all_panels(data["panels"]):
+        if panel["type"] == "row":
+            continue
+        for where in (panel, *panel["targets"]):
+            assert where["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, panel[
+                "title"
+            ]
+    for name, var in variables.items():
+        if var["type"] == "query":
+            assert var["datasource"]["uid"] == "${DS_PROMETHEUS}", name
+
+
+def test_dashboard_uses_only_streamproc_metrics() -> None:
+    """Every streamproc_* series a dashboard query names is one that metrics.py exposes."""
+    for title, expr, _legend in dashboard_exprs():
+        assert not unknown_metric_names(expr), f"{title}: {unknown_metric_names(expr)}"
+
+
+def test_dashboard_queries_use_real_labels_and_variables() -> None:
+    """Queries select, group and label legends only by labels their metrics have."""
+    variables = {v["name"] for v in dashboard()["templating"]["list"]}
+    builtins = {"__rate_interval", "__range", "__interval"}
+    for title, expr, legend in dashboard_exprs():
+        assert not label_problems(expr), f"{title}: {label_problems(expr)}"
+        for var in re.findall(r"\$(\w+)", expr):
+            assert var in variables | builtins, f"{title}: unknown variable ${var}"
+        for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", legend):
+            assert label in by_labels(expr), f"{title}: legend {{{{{label}}}}} not grouped by"
+
+
+def test_every_metric_is_on_the_dashboard() -> None:
+    """Each metric in streamproc/metrics.py appears in at least one dashboard panel."""
+    shown = {
+        series
+        for _title, expr, _legend in dashboard_exprs()
+        for series in METRIC_NAME.findall(expr)
+    }
+    missing = {m.name for m in streamproc_metrics().values() if not m.exposed() & shown}
+    assert not missing, f"metrics on no dashboard panel: {sorted(missing)}"
+
+
+# --- the alert rules ------------------------------------------------------------------
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    (doc,) = load_yaml(ALERTS.read_text(encoding="utf-8"))
+    assert set(doc) == {"groups"}
+    rules: list[dict[str, Any]] = []
+    for group in doc["groups"]:
+        assert group["name"], group
+        assert group["rules"], group
+        rules.extend(group["rules"])
+    return rules
+
+
+def test_alert_rules_are_complete() -> None:
+    """Every alert has a name, expr, for, severity, summary, description and runbook."""
+    rules = alert_rules()
+    assert len(rules) >= 15
+    seen = set()
+    for rule in rules:
+        name = rule["alert"]
+        assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", name), name
+        assert rule["expr"].strip(), name
+        assert re.fullmatch(r"\d+[smhdwy]", rule["for"]), name
+        severity = rule["labels"]["severity"]
+        assert severity in {"info", "warning", "critical"}, name
+        assert (name, severity) not in seen, f"{name} twice with severity {severity}"
+        seen.add((name, severity))
+        annotations = rule["annotations"]
+        assert annotations["summary"].strip(), name
+        assert annotations["description"].strip(), name
+        assert annotations["runbook_url"] == f"deploy/README.md#{name.lower()}", name
+
+
+def test_alerts_use_only_streamproc_metrics_and_their_labels() -> None:
+    """Alert expressions and annotations name only exposed series and labels they carry."""
+    text = ALERTS.read_text(encoding="utf-8")
+    assert not unknown_metric_names(text), unknown_metric_names(text)
+    for rule in alert_rules():
+        expr = rule["expr"]
+        assert METRIC_NAME.search(expr) or "up{" in expr, rule["alert"]
+        assert not label_problems(expr), f"{rule['alert']}: {label_problems(expr)}"
+        grouped = by_labels(expr)
+        text_of_rule = " ".join(rule["annotations"].values())
+        for label in re.findall(r"\$labels\.(\w+)", text_of_rule):
+            if "by (" in expr:
+                assert label in grouped, f"{rule['alert']}: $labels.{label} not grouped by"
+            else:
+                assert label in TARGET_LABELS or label in {
+                    lab for s in METRIC_NAME.findall(expr) for lab in streamproc_metrics()[s].labels
+                }, f"{rule['alert']}: $labels.{label}"
+
+
+def test_required_alerts_exist() -> None:
+    """The alerts operations relies on are all there, with the agreed thresholds."""
+    rules = {(r["alert"], r["labels"]["severity"]): r for r in alert_rules()}
+    for name in (
+        "TicketmaticRetentionGap",
+        "DeliverAuthFailed",
+        "PollerDown",
+        "ReceiverDown",
+        "PollerAuthErrors",
+        "MapperNotRunning",
+    ):
+        assert (name, "critical") in rules, name
+    for name in ("DeliverErrorsHigh", "DeadLettersIncreasing", "ReceiverRejectingMany"):
+        assert any(n == name for n, _ in rules), name
+    assert rules[("TicketmaticHeadroomLow", "warning")]["expr"].endswith("< 3600")
+    assert rules[("TicketmaticHeadroomLow", "critical")]["expr"].endswith("< 1800")
+    assert rules[("ConsumerHeadroomLow", "warning")]["expr"].endswith("< 86400")
+    assert rules[("ConsumerHeadroomLow", "critical")]["expr"].endswith("< 21600")
+    lag = rules[("ConsumerLagGrowing", "warning")]
+    assert lag["expr"].endswith("> 300")
+    assert lag["for"] == "10m"
+    auth = rules[("DeliverAuthFailed", "critical")]
+    assert auth["expr"].endswith("== 1")
+    assert auth["for"] == "1m"
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    """deploy/README.md explains every alert under a heading named after it."""
+    headings = set(re.findall(r"^### (\w+)$", (DEPLOY / "README.md").read_text(), re.M))
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names <= headings, f"alerts without a runbook section: {sorted(names - headings)}"
+
+
+# --- the Kubernetes manifests ---------------------------------------------------------
+
+
+def manifests(folder: Path = K8S) -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(folder.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs.extend(load_yaml(path.read_text(encoding="utf-8")))
+    return docs
+
+
+def of_kind(kind: str, docs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    return [d for d in (manifests() if docs is None else docs) if d["kind"] == kind]
+
+
+def deployments() -> dict[str, dict[str, Any]]:
+    """The role Deployments by their component label."""
+    out = {}
+    for dep in of_kind("Deployment"):
+        role = dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert role not in out, f"two Deployments for {role}"
+        out[role] = dep
+    return out
+
+
+def container(workload: dict[str, Any]) -> dict[str, Any]:
+    (only,) = workload["spec"]["template"]["spec"]["containers"]
+    result: dict[str, Any] = only
+    return result
+
+
+def command_path(args: list[str]) -> tuple[str, ...]:
+    """The command ``streamproc ARGS`` runs; fails the test if the CLI would refuse it."""
+    try:
+        parsed = cli.build_parser().parse_args(args)
+    except SystemExit:
+        pytest.fail(f"streamproc {' '.join(args)}: not a valid command line")
+    path: tuple[str, ...] = parsed.path
+    return path
+
+
+def configured_env() -> dict[str, str]:
+    """Every variable the ConfigMap and the Secret set."""
+    (cm,) = of_kind("ConfigMap")
+    (secret,) = of_kind("Secret")
+    return {**cm["data"], **secret["stringData"]}
+
+
+def setting_env_names() -> set[str]:
+    """The STREAMPROC_* variable of every setting (as config.load_settings reads them)."""
+    names = {config.ENV_PREFIX + "CONFIG"}
+    for field in msgspec.structs.fields(config.Settings):
+        sub = field.type
+        if isinstance(sub, type) and issubclass(sub, msgspec.Struct):
+            names |= {config.env_name((field.name, f.name)) for f in msgspec.structs.fields(sub)}
+        else:
+            names.add(config.env_name((field.name,)))
+    return names
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    """kustomization.yaml names exactly the manifests in deploy/kubernetes, and they exist."""
+    (kustomization,) = load_yaml((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(files)
+
+
+def test_deployments_run_the_four_roles() -> None:
+    """There is one Deployment per role and its container runs that streamproc command."""
+    deps = deployments()
+    assert set(deps) == set(ROLES)
+    for role, dep in deps.items():
+        path = command_path(container(dep)["args"])
+        assert path == (role,), role
+        assert path in cli.COMMANDS, role
+        selector = dep["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items(), role
+
+
+def test_topics_job_ensures_topics() -> None:
+    """The Job runs `streamproc topics ensure`."""
+    (job,) = of_kind("Job")
+    assert command_path(container(job)["args"]) == ("topics", "ensure")
+    assert job["spec"]["template"]["spec"]["restartPolicy"] in {"OnFailure", "Never"}
+
+
+def test_every_role_pod_is_scraped_probed_and_stops_in_time() -> None:
+    """Each role pod: metrics port 9100 scraped, /healthz and /readyz probes, 30 s grace."""
+    settings = config.load_settings(env=configured_env())
+    for role, dep in deployments().items():
+        pod = dep["spec"]["template"]
+        spec = pod["spec"]
+        c = container(dep)
+        assert pod["metadata"]["annotations"] == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(settings.metrics_port),
+            "prometheus.io/path": "/metrics",
+        }, role
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["metrics"] == str(settings.metrics_port) == "9100", role
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            get = c[probe]["httpGet"]
+            assert get["path"] == path, (role, probe)
+            assert get["port"] in {"metrics", "9100"}, (role, probe)
+        assert spec["terminationGracePeriodSeconds"] == "30", role
+
+
+def test_every_pod_is_bounded_and_locked_down() -> None:
+    """Every pod, the Job's too: resources, non-root, read-only root, no privileges."""
+    for workload in [*of_kind("Deployment"), *of_kind("Job")]:
+        name = workload["metadata"]["name"]
+        spec = workload["spec"]["template"]["spec"]
+        c = container(workload)
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), (name, kind)
+        assert spec["securityContext"]["runAsNonRoot"] == "true", name
+        assert spec["securityContext"]["runAsUser"] != "0", name
+        assert spec["automountServiceAccountToken"] == "false", name
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] == "true", name
+        assert sc["allowPrivilegeEscalation"] == "false", name
+        assert sc["capabilities"]["drop"] == ["ALL"], name
+
+
+def test_manifests_set_only_real_settings() -> None:
+    """Every STREAMPROC_* variable in the manifests is a setting, and together they load."""
+    known = setting_env_names()
+    named = set(configured_env())
+    for workload in [*of_kind("Deployment"), *of_kind("Job")]:
+        named |= {e["name"] for e in container(workload).get("env", [])}
+    assert all(n.startswith(config.ENV_PREFIX) for n in named)
+    assert not named - known, f"not settings: {sorted(named - known)}"
+    settings = config.load_settings(env=configured_env())
+    (cm,) = of_kind("ConfigMap")
+    assert settings.kafka.bootstrap_servers == cm["data"]["STREAMPROC_KAFKA_BOOTSTRAP_SERVERS"]
+    assert settings.mapping.environment == "production"
+    assert settings.ticketmatic.accounts
+    assert settings.receiver.senders
+
+
+def test_secret_template_holds_only_placeholders() -> None:
+    """The Secret is a template: every value still contains REPLACE_ME."""
+    (secret,) = of_kind("Secret")
+    assert secret["stringData"]
+    for key, value in secret["stringData"].items():
+        assert "REPLACE_ME" in value, key
+
+
+def test_roles_get_the_secrets_they_need_and_no_others() -> None:
+    """Secret keys reach roles by secretKeyRef to existing keys, each only where needed."""
+    (cm,) = of_kind("ConfigMap")
+    (secret,) = of_kind("Secret")
+    needs = {
+        "poll": {"STREAMPROC_TICKETMATIC_ACCOUNTS"},
+        "receive": {"STREAMPROC_RECEIVER_SENDERS"},
+        "map": {"STREAMPROC_TICKETMATIC_ACCOUNTS"},  # each account's currency
+        "deliver": {"STREAMPROC_MPARTICLE_API_KEY", "STREAMPROC_MPARTICLE_API_SECRET"},
+        "topics": set(),
+    }
+    for workload in [*of_kind("Deployment"), *of_kind("Job")]:
+        role = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        c = container(workload)
+        assert c["envFrom"] == [{"configMapRef": {"name": cm["metadata"]["name"]}}], role
+        refs = {}
+        for env in c["env"]:
+            ref = env["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret["metadata"]["name"], role
+            assert ref["key"] == env["name"], role
+            assert ref["key"] in secret["stringData"], role
+            refs[env["name"]] = ref["key"]
+        assert set(refs) == needs[role] | {"STREAMPROC_KAFKA_SASL_PASSWORD"}, role
+
+
+def test_replicas_follow_the_scaling_rules() -> None:
+    """poll 2, receive 2+, map/deliver within the partitions, deliver within mParticle's limit."""
+    settings = config.load_settings(env=configured_env())
+    replicas = {role: int(dep["spec"]["replicas"]) for role, dep in deployments().items()}
+    assert replicas["poll"] == 2
+    assert replicas["receive"] >= 2
+    for role in ("map", "deliver"):
+        assert 1 <= replicas[role] <= settings.topics.partitions, role
+    rate = settings.mparticle.rate_limit_batches_per_s
+    assert replicas["deliver"] * rate <= MPARTICLE_DEFAULT_LIMIT
+
+
+def test_receiver_service_and_budget_match_its_pods() -> None:
+    """The Service sends 8080 to the receiver's port and the PDB keeps one receiver up."""
+    settings = config.load_settings(env=configured_env())
+    receive = deployments()["receive"]
+    labels = receive["spec"]["template"]["metadata"]["labels"]
+    ports = {p["name"]: p["containerPort"] for p in container(receive)["ports"]}
+    assert ports["http"] == str(settings.receiver.port) == "8080"
+    (service,) = of_kind("Service")
+    assert service["spec"]["selector"].items() <= labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == "8080"
+    assert port["targetPort"] in {"http", "8080"}
+    (pdb,) = of_kind("PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert int(pdb["spec"]["minAvailable"]) >= 1
+    assert int(pdb["spec"]["minAvailable"]) < int(receive["spec"]["replicas"])
+
+
+def test_optional_autoscalers_scale_on_consumer_lag_within_partitions() -> None:
+    """The optional HPAs target map/deliver on a streamproc metric, within the partitions."""
+    settings = config.load_settings(env=configured_env())
+    hpas = of_kind("HorizontalPodAutoscaler", manifests(K8S / "optional"))
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == {
+        deployments()[r]["metadata"]["name"] for r in ("map", "deliver")
+    }
+    for hpa in hpas:
+        assert int(hpa["spec"]["maxReplicas"]) <= settings.topics.partitions
+        for metric in hpa["spec"]["metrics"]:
+            assert metric["external"]["metric"]["name"] == "streamproc_consumer_lag_seconds"
+            topic = metric["external"]["metric"]["selector"]["matchLabels"]["topic"]
+            assert topic.startswith(settings.topic_prefix), topic
+
+
+def test_podmonitor_scrapes_the_metrics_port_with_role_labels() -> None:
+    """The optional PodMonitor selects streamproc pods and keeps the labels alerts use."""
+    (monitor,) = load_yaml((DEPLOY / "prometheus" / "podmonitor.yaml").read_text())
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for dep in deployments().values():
+        assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert set(monitor["spec"]["podTargetLabels"]) == {
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/component",
+    }
+
+
+def test_dockerfile_runs_streamproc_as_non_root() -> None:
+    """The image is python:3.11-slim, runs the streamproc script as the manifests' user."""
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r'^ENTRYPOINT \["streamproc"\]$', text, re.M)
+    assert re.search(r"^EXPOSE 8080 9100$", text, re.M)
+    user = re.findall(r"^USER (\d+)(?::\d+)?$", text, re.M)
+    assert user
+    assert user[-1] != "0"
+    for dep in deployments().values():
+        assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == user[-1]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["scripts"]["streamproc"] == "streamproc.cli:main"
