@@ -76,7 +76,7 @@ MAP_ITEMS = Counter(
 )
 MAP_TRUNCATED = Counter(
     "streamproc_map_truncations_total",
-    "Values cut to mParticle's limits, by what was cut.",
+    "Values cut to mParticle's limits (or left out as invalid), by what was cut.",
     ["what"],
 )
 DEDUPE_HITS = Counter("streamproc_dedupe_hits_total", "Items dropped as already seen.", ["source"])
