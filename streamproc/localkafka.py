@@ -227,7 +227,9 @@ def up(port: int = 9092, data: Path | None = None, heap: str = "768m") -> int:
     java = _java()
     classpath = f"{libs}/*"
     if not (data / "logs" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's own Uuid.randomUuid: not an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(
             [
                 java,
