@@ -104,22 +104,41 @@ async def _topics(settings: config.Settings, action: str) -> int:
     return 0
 
 
+def command_path(argv: Sequence[str]) -> tuple[str, ...]:
+    """The command named in ``argv`` (``("sim", "ticketure")``), found without parsing options.
+
+    A role adds its own options only once its module is loaded, so the path must be known
+    before argparse sees ``--help`` or a role option.
+    """
+    words: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--config":
+            skip = True
+        elif not word.startswith("-"):
+            words.append(word)
+    if not words:
+        return ()
+    if words[0] in GROUP_HELP and len(words) > 1:
+        return (words[0], words[1])
+    return (words[0],)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, _rest = parser.parse_known_args(argv)
-    path: tuple[str, ...] = args.path
+    path = command_path(argv)
     module: ModuleType | None = None
     if path in COMMANDS:
-        module_name = COMMANDS[path][0]
-        module = _load(module_name)
+        module = _load(COMMANDS[path][0])
         if module is None:
             print(f"streamproc {' '.join(path)}: not implemented yet", file=sys.stderr)
             return 2
-        # Re-parse with the role's own options added to its sub-parser.
-        parser = build_parser()
         _add_role_arguments(parser, path, module)
     args = parser.parse_args(argv)
+    path = args.path
     try:
         settings = config.load_settings(args.config)
     except ConfigError as exc:

@@ -51,3 +51,24 @@ def test_config_prints_settings_without_secrets() -> None:
     assert result.returncode == 0, result.stderr
     assert '"api_secret": "***"' in result.stdout
     assert "s3cr3t" not in result.stdout + result.stderr
+
+
+def test_role_help_lists_role_options() -> None:
+    """`streamproc sim ticketure --help` shows the options the role module adds."""
+    result = run("sim", "ticketure", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--shape" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "path"),
+    [
+        (["--config", "map", "deliver"], ("deliver",)),
+        (["sim", "--x", "mparticle", "--port", "1"], ("sim", "mparticle")),
+        (["topics"], ("topics",)),
+        ([], ()),
+    ],
+)
+def test_command_path_skips_options(argv: list[str], path: tuple[str, ...]) -> None:
+    """The command is found among options, and --config's value is not taken for it."""
+    assert cli.command_path(argv) == path

@@ -18,6 +18,7 @@ from streamproc.config import KafkaSettings, Settings, TopicSettings
 # name -> module exporting `async def bench(settings) -> list[Row]`
 BENCHMARKS = {
     "kafka": "streamproc.bench.kafka_baseline",
+    "receiver": "streamproc.bench.receiver",
 }
 
 

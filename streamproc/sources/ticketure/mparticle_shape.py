@@ -1,0 +1,267 @@
+"""mParticle Events API batches as Ticketure's Push API sends them, to and from our records.
+
+Ticketure's Push API is set up with an mParticle feed's key and secret, so it posts
+mParticle batches (``/v2/events``: one; ``/v2/bulkevents``: an array of at most 100).
+They are decoded with the structs of :mod:`.mparticle_wire`, so a batch mParticle's schema
+refuses is refused here with the field named. What is recognised:
+
+- ``custom_event`` of ``custom_event_type`` ``transaction`` whose ``event_name`` is a
+  ticket action (``Purchased``, ``Force_redeemed``... any case): a ``ticket_audit``;
+  ``custom_attributes`` are its attributes;
+- ``commerce_event`` whose ``product_action.action`` is ``purchase`` or ``refund``: a
+  ``gateway_audit``; ``transaction_id`` is the cart id and ``total_amount`` the amount
+  (a ``cart_id``/``total_amount`` custom attribute wins, as it keeps the sender's text);
+- ``user_identities.email`` and ``mobile_number`` go with every record of the batch.
+
+Anything else valid (other event types, other custom events, unknown actions) is skipped
+and counted by the caller: mParticle would accept it, and it is not Ticketure's.
+The event's time is its ``timestamp_unixtime_ms``, else the ``ticketure_occured_at``
+attribute, else the batch's ``timestamp_unixtime_ms``; an event without one is refused.
+:func:`encode_batch` is the inverse, used by the push simulator.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import msgspec
+
+from streamproc.errors import DecodeError
+from streamproc.sources.ticketure import ids
+from streamproc.sources.ticketure.audit_shape import (
+    Accepted,
+    field_of,
+    format_ms,
+    parse_occurred_at,
+)
+from streamproc.sources.ticketure.mparticle_wire import (
+    MAX_BULK_BATCHES,
+    Batch,
+    CommerceEventData,
+    CustomEventData,
+    String,
+    UserIdentities,
+)
+from streamproc.sources.ticketure.records import (
+    GATEWAY_ACTIONS,
+    TICKET_ACTIONS,
+    AuditRecord,
+    GatewayAttributes,
+    GatewayAudit,
+    TicketAttributes,
+    TicketAudit,
+)
+
+_BATCH = msgspec.json.Decoder(Batch)
+_BULK = msgspec.json.Decoder(list[Batch])
+_CUSTOM = msgspec.json.Decoder(CustomEventData)
+_COMMERCE = msgspec.json.Decoder(CommerceEventData)
+_TICKET_FIELDS = frozenset(f.name for f in msgspec.structs.fields(TicketAttributes))
+_GATEWAY_FIELDS = frozenset(f.name for f in msgspec.structs.fields(GatewayAttributes))
+
+
+class Decoded(NamedTuple):
+    """The records of a request and the events skipped, counted by reason."""
+
+    accepted: list[Accepted]
+    skipped: collections.Counter[str]
+
+
+def decode(body: bytes, *, bulk: bool) -> Decoded:
+    """Records from a ``/v2/events`` (``bulk=False``) or ``/v2/bulkevents`` body.
+
+    Raises DecodeError naming the first field that mParticle's schema (or our need of an
+    event time) refuses; nothing of a request is taken unless all of it is valid.
+    """
+    try:
+        batches = _BULK.decode(body) if bulk else [_BATCH.decode(body)]
+    except msgspec.ValidationError as exc:
+        raise field_of(exc) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise DecodeError("body", f"not valid JSON: {exc}") from None
+    if bulk and not batches:
+        raise DecodeError("body", "an empty array holds no batches")
+    if len(batches) > MAX_BULK_BATCHES:
+        raise DecodeError("body", f"{len(batches)} batches; at most {MAX_BULK_BATCHES} allowed")
+    out = Decoded([], collections.Counter())
+    for b, batch in enumerate(batches):
+        _batch_records(batch, f"[{b}]." if bulk else "", out)
+    return out
+
+
+def _batch_records(batch: Batch, where: str, out: Decoded) -> None:
+    events = batch.events or []
+    identities = batch.user_identities or UserIdentities()
+    email, mobile = _text(identities.email), _text(identities.mobile_number)
+    request_id = _text(batch.source_request_id)
+    for e, event in enumerate(events):
+        at = f"{where}events[{e}].data."
+        record: AuditRecord | None
+        if event.event_type == "custom_event":
+            record, message_id = _ticket(event.data, at, batch, email, mobile, out)
+        elif event.event_type == "commerce_event":
+            record, message_id = _gateway(event.data, at, batch, email, mobile, out)
+        else:
+            out.skipped["unsupported_event"] += 1
+            continue
+        if record is None:
+            continue
+        record = ids.with_item_id(
+            record,
+            message_id=message_id,
+            request_id=request_id,
+            position=e if len(events) > 1 else None,
+        )
+        out.accepted.append(Accepted(record, parse_occurred_at(record.occurred_at, at)))
+
+
+def _ticket(
+    raw: msgspec.Raw, at: str, batch: Batch, email: str | None, mobile: str | None, out: Decoded
+) -> tuple[AuditRecord | None, str | None]:
+    try:
+        data = _CUSTOM.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise field_of(exc, at) from None
+    if data.custom_event_type != "transaction":
+        out.skipped["unsupported_event"] += 1
+        return None, None
+    action = data.event_name.strip().lower().replace(" ", "_").replace("-", "_")
+    if action not in TICKET_ACTIONS:
+        out.skipped["unknown_action"] += 1
+        return None, None
+    attrs = _attributes(data.custom_attributes, _TICKET_FIELDS)
+    occurred_at = _occurred_at(data.timestamp_unixtime_ms, attrs, batch, at)
+    record = TicketAudit(
+        action=action,  # type: ignore[arg-type]  # checked against TICKET_ACTIONS above
+        occurred_at=occurred_at,
+        email=email,
+        mobile_number=mobile,
+        attributes=TicketAttributes(**attrs),
+    )
+    return record, data.source_message_id
+
+
+def _gateway(
+    raw: msgspec.Raw, at: str, batch: Batch, email: str | None, mobile: str | None, out: Decoded
+) -> tuple[AuditRecord | None, str | None]:
+    try:
+        data = _COMMERCE.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise field_of(exc, at) from None
+    action = data.product_action.action if data.product_action else None
+    if data.product_action is None or action not in GATEWAY_ACTIONS:
+        out.skipped["unsupported_event"] += 1
+        return None, None
+    attrs = _attributes(data.custom_attributes, _GATEWAY_FIELDS)
+    if attrs.get("cart_id") is None:
+        attrs["cart_id"] = data.product_action.transaction_id
+    if attrs.get("total_amount") is None:
+        attrs["total_amount"] = data.product_action.total_amount
+    occurred_at = _occurred_at(data.timestamp_unixtime_ms, attrs, batch, at)
+    record = GatewayAudit(
+        action=action,  # type: ignore[arg-type]  # checked against GATEWAY_ACTIONS above
+        occurred_at=occurred_at,
+        email=email,
+        mobile_number=mobile,
+        attributes=GatewayAttributes(**attrs),
+    )
+    return record, data.source_message_id
+
+
+def _attributes(
+    custom: dict[str, String] | None, known: frozenset[str]
+) -> dict[str, str | int | float | None]:
+    """The custom attributes our records have a field for; booleans as text.
+
+    Attributes Ticketure may add later have no field in the record and are left out.
+    """
+    out: dict[str, str | int | float | None] = {}
+    for name, value in (custom or {}).items():
+        if name in known:
+            out[name] = _text(value) if isinstance(value, bool) else value
+    return out
+
+
+def _occurred_at(
+    event_ms: int | None, attrs: dict[str, str | int | float | None], batch: Batch, at: str
+) -> str:
+    if event_ms is not None:
+        return format_ms(event_ms, at + "timestamp_unixtime_ms")
+    text = attrs.get("ticketure_occured_at")
+    if isinstance(text, str) and text:
+        field = at + "custom_attributes.ticketure_occured_at"
+        return format_ms(_lenient_ms(text, field), field)
+    if batch.timestamp_unixtime_ms is not None:
+        return format_ms(batch.timestamp_unixtime_ms, at + "timestamp_unixtime_ms")
+    raise DecodeError(
+        at + "timestamp_unixtime_ms",
+        "the event's time is required (or the custom attribute ticketure_occured_at)",
+    )
+
+
+def _lenient_ms(text: str, field: str) -> int:
+    """Ticketure's own time attribute: RFC 3339, or ISO 8601 without an offset (UTC)."""
+    try:
+        return parse_occurred_at(text, field)
+    except DecodeError:
+        try:
+            parsed = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise DecodeError(field, f"{text[:64]!r} is not an ISO 8601 time") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parse_occurred_at(parsed.isoformat(), field)
+
+
+def _text(value: String) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def encode_batch(
+    record: AuditRecord,
+    *,
+    environment: str = "production",
+    source_request_id: str | None = None,
+) -> dict[str, Any]:
+    """The mParticle batch Ticketure's Push API would send for ``record`` (one event).
+
+    The record's ``event_id`` becomes the event's ``source_message_id``, its time the
+    event's ``timestamp_unixtime_ms``; attributes travel as custom attributes (``null``
+    left out). A ``gateway_audit`` also fills ``product_action`` (``transaction_id`` =
+    cart id, ``total_amount`` as a number).
+    """
+    attrs = {k: v for k, v in msgspec.structs.asdict(record.attributes).items() if v is not None}
+    data: dict[str, Any] = {
+        "timestamp_unixtime_ms": parse_occurred_at(record.occurred_at),
+        "custom_attributes": attrs,
+    }
+    if record.event_id is not None:
+        data["source_message_id"] = record.event_id
+    event: dict[str, Any]
+    if isinstance(record, TicketAudit):
+        data.update(event_name=record.action.capitalize(), custom_event_type="transaction")
+        event = {"event_type": "custom_event", "data": data}
+    else:
+        action: dict[str, Any] = {"action": record.action}
+        if record.attributes.cart_id is not None:
+            action["transaction_id"] = str(record.attributes.cart_id)
+        with contextlib.suppress(TypeError, ValueError):  # kept as a custom attribute anyway
+            action["total_amount"] = float(record.attributes.total_amount)  # type: ignore[arg-type]
+        data["product_action"] = action
+        event = {"event_type": "commerce_event", "data": data}
+    batch: dict[str, Any] = {"environment": environment, "events": [event]}
+    if source_request_id is not None:
+        batch["source_request_id"] = source_request_id
+    identities = {
+        k: v for k, v in (("email", record.email), ("mobile_number", record.mobile_number)) if v
+    }
+    if identities:
+        batch["user_identities"] = identities
+    return batch

@@ -1,0 +1,338 @@
+"""The Ticketure push receiver: HTTP pushes into ``ticketure.audit``, nothing lost.
+
+Routes (all ``POST``, ``Content-Type: application/json``):
+
+- ``/ticketure/events``: one audit record or an array (``schemas/ticketure/``);
+- ``/v2/events`` and ``/v2/bulkevents``: mParticle's Events API (one batch, an array of
+  at most 100), so Ticketure's Push API can point here instead of at mParticle.
+
+Answers, as mParticle gives them: 202 once Kafka has acknowledged every record of the
+request; 400 ``{"errors": [{"code", "field", "message"}]}`` naming the field and the
+reason; 401 without credentials and 403 with wrong ones (both say nothing more); 413 past
+``receiver.max_body_bytes``; 415 for another content type; 503 with ``Retry-After`` while
+Kafka is unreachable or the receiver stops. A request is all or nothing: one bad record
+refuses the whole body. Unauthenticated requests never reach Kafka; authenticated bodies
+that cannot be decoded are also copied to the dead-letter topic with the reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+import orjson
+from aiohttp import web
+from prometheus_client import Counter
+
+from streamproc import kafka, metrics
+from streamproc.config import Settings
+from streamproc.dlq import DeadLetter
+from streamproc.errors import DecodeError, TransportError
+from streamproc.health import Health
+from streamproc.sources.ticketure import audit_shape, mparticle_shape
+from streamproc.sources.ticketure.auth import Authenticator, Verdict
+from streamproc.sources.ticketure.writer import SOURCE, KafkaWriter, RecordTooLarge
+
+log = logging.getLogger(__name__)
+
+ROUTE_EVENTS = "/ticketure/events"
+ROUTE_MP_EVENTS = "/v2/events"
+ROUTE_MP_BULK = "/v2/bulkevents"
+COMPONENT = "receiver"
+SOURCE_LABEL = "ticketure"
+
+_ITEMS_IN = metrics.ITEMS_IN.labels(SOURCE_LABEL)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Decode = Callable[[bytes], mparticle_shape.Decoded]
+
+
+class Rejected(Exception):
+    """An answer other than 202, with the metric reason it is counted under."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        reason: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.field = field
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        error: dict[str, str] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return web.Response(
+            status=self.status,
+            body=orjson.dumps({"errors": [error]}),
+            content_type="application/json",
+            headers=self.headers,
+        )
+
+
+class Receiver:
+    """The HTTP server and its Kafka writer; ``start``/``stop`` idempotent, ``async with``.
+
+    ``port=0`` binds a free port (see :attr:`port`). ``stop()`` stops accepting, lets the
+    requests in flight finish (within ``receiver.shutdown_timeout_s``), then flushes.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        health: Health | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        produce_timeout_s: float = 5.0,
+        probe_interval_s: float = 1.0,
+        retry_after_s: int = 1,
+    ) -> None:
+        rx = settings.receiver
+        self.health = health or Health()
+        self.host = rx.host if host is None else host
+        self._port = rx.port if port is None else port
+        self._max_body = rx.max_body_bytes
+        self._shutdown_timeout_s = rx.shutdown_timeout_s
+        self._auth = Authenticator(rx.senders, rx.signature_header)
+        self._retry_after = str(retry_after_s)
+        self.writer = KafkaWriter(
+            settings,
+            self.health,
+            produce_timeout_s=produce_timeout_s,
+            probe_interval_s=probe_interval_s,
+            stop_timeout_s=rx.shutdown_timeout_s,
+        )
+        self._runner: web.AppRunner | None = None
+        self._stopping = False
+        self.app = web.Application(client_max_size=self._max_body)
+        self.app.router.add_post(ROUTE_EVENTS, self._route(ROUTE_EVENTS, self._decode_ours))
+        self.app.router.add_post(ROUTE_MP_EVENTS, self._route(ROUTE_MP_EVENTS, self._decode_one))
+        self.app.router.add_post(ROUTE_MP_BULK, self._route(ROUTE_MP_BULK, self._decode_bulk))
+
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one, or the one picked for ``port=0``)."""
+        if self._runner is not None:
+            for address in self._runner.addresses:
+                if isinstance(address, tuple):
+                    return int(address[1])
+        return self._port
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        self._stopping = False
+        await self.writer.start()
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self._shutdown_timeout_s,
+        )
+        await runner.setup()
+        await web.TCPSite(runner, self.host, self._port).start()
+        self._runner = runner
+        self.health.set(COMPONENT, True)
+        log.info("receiving Ticketure pushes on http://%s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        runner, self._runner = self._runner, None
+        self._stopping = True
+        self.health.set(COMPONENT, False, "stopping")
+        # Closes the listening socket, then waits for the handlers in flight (bounded).
+        await runner.cleanup()
+        await self.writer.stop()
+        log.info("receiver stopped")
+
+    async def __aenter__(self) -> Receiver:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- one request ----------------------------------------------------------------
+
+    def _route(self, route: str, decode: Decode) -> Handler:
+        # Metric children bound once per status: labels() costs a lock and a lookup.
+        requests: dict[int, Counter] = {}
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            arrived = time.perf_counter()
+            try:
+                response = await self._handle(request, route, decode, arrived)
+            except Rejected as rejected:
+                metrics.REJECTED.labels(SOURCE_LABEL, rejected.reason).inc()
+                response = rejected.response()
+            except Exception:
+                log.exception("receiver failed on a %s request", route)
+                response = web.Response(status=500)
+            counter = requests.get(response.status)
+            if counter is None:
+                counter = requests[response.status] = metrics.RX_REQUESTS.labels(
+                    route, str(response.status)
+                )
+            counter.inc()
+            return response
+
+        return handle
+
+    async def _handle(
+        self,
+        request: web.Request,
+        route: str,
+        decode: Decode,
+        arrived: float,
+    ) -> web.Response:
+        if self._stopping:
+            raise self._unavailable("the receiver is stopping", "stopping")
+        headers = request.headers
+        # Basic credentials are checked before the body is read; a signature needs it.
+        method = _sender(self._auth.method(headers))
+        sender = _sender(self._auth.basic(headers)) if method == "basic" else ""
+        body = await self._read_body(request)
+        if method == "hmac":
+            sender = _sender(self._auth.signed(headers, body))
+        sender_b = sender.encode()
+        received_ms = int(time.time() * 1000)
+        content_type = request.content_type
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            raise Rejected(
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "Content-Type must be application/json",
+                "content_type",
+                field="Content-Type",
+            )
+        try:
+            accepted, skipped = decode(body)
+        except DecodeError as exc:
+            await self._dead_letter(route, sender_b, body, received_ms, exc)
+            raise Rejected(400, "VALIDATION_ERROR", str(exc), "invalid", field=exc.field) from None
+        if accepted:
+            try:
+                await self.writer.write(sender_b, accepted, received_ms)
+            except TransportError:
+                # The cause is logged by the writer; the sender only needs to retry.
+                raise self._unavailable(
+                    "Kafka is unavailable; retry later", "unavailable"
+                ) from None
+            except RecordTooLarge as exc:
+                raise Rejected(
+                    413, "PAYLOAD_TOO_LARGE", str(exc), "too_large", field="body"
+                ) from None
+        _ITEMS_IN.inc(len(accepted))
+        # Events that are not Ticketure's are counted once the request is taken, so a
+        # retried request does not count them twice.
+        for reason, count in skipped.items():
+            metrics.REJECTED.labels(SOURCE_LABEL, reason).inc(count)
+        metrics.RX_PRODUCE.observe(time.perf_counter() - arrived)
+        if route != ROUTE_EVENTS:
+            return web.Response(status=202)
+        return web.Response(
+            status=202,
+            body=orjson.dumps(
+                {
+                    "accepted": len(accepted),
+                    "item_ids": [a.record.event_id for a in accepted],
+                }
+            ),
+            content_type="application/json",
+        )
+
+    def _unavailable(self, message: str, reason: str) -> Rejected:
+        return Rejected(
+            503,
+            "SERVICE_UNAVAILABLE",
+            message,
+            reason,
+            headers={"Retry-After": self._retry_after},
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, refused with 413 as soon as it is known to pass the limit."""
+        too_large = Rejected(
+            413,
+            "PAYLOAD_TOO_LARGE",
+            f"the body is larger than {self._max_body} bytes",
+            "too_large",
+            field="body",
+        )
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise too_large
+        try:
+            # The application's client_max_size is the limit: aiohttp stops reading a
+            # streamed (chunked) body as soon as it passes it.
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+
+    async def _dead_letter(
+        self, route: str, sender: bytes, body: bytes, received_ms: int, exc: DecodeError
+    ) -> None:
+        letter = DeadLetter(
+            stage="receive",
+            reason_code="invalid",
+            reason=str(exc),
+            origin_topic=self.writer.topics.ticketure,
+            key=None,
+            value=body,
+            headers=[
+                (kafka.H_SOURCE, SOURCE),
+                (kafka.H_SENDER, sender),
+                (kafka.H_RECEIVED, str(received_ms).encode()),
+                ("route", route.encode()),
+            ],
+        )
+        await self.writer.dead_letter(letter)
+
+    # --- the three body shapes -------------------------------------------------------
+
+    @staticmethod
+    def _decode_ours(body: bytes) -> mparticle_shape.Decoded:
+        return mparticle_shape.Decoded(audit_shape.decode(body), collections.Counter())
+
+    @staticmethod
+    def _decode_one(body: bytes) -> mparticle_shape.Decoded:
+        return mparticle_shape.decode(body, bulk=False)
+
+    @staticmethod
+    def _decode_bulk(body: bytes) -> mparticle_shape.Decoded:
+        return mparticle_shape.decode(body, bulk=True)
+
+
+def _sender(verdict: str | Verdict) -> str:
+    """The sender's name (or the method to check next); 401/403 that tell nothing more."""
+    if verdict is Verdict.MISSING:
+        raise Rejected(
+            401,
+            "UNAUTHORIZED",
+            "authentication required",
+            "unauthenticated",
+            headers={"WWW-Authenticate": 'Basic realm="streamproc"'},
+        )
+    if verdict is Verdict.INVALID:
+        raise Rejected(403, "FORBIDDEN", "credentials not accepted", "forbidden")
+    return verdict
