@@ -70,8 +70,9 @@ def specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             "ticketmatic", names.ticketmatic, t.partitions, rf, delete(t.source_retention_ms)
         ),
-        # One record per account, compacted: the latest cursor is all that matters.
-        TopicSpec("cursors", names.cursors, 1, rf, compact),
+        # One record per account, compacted: the latest cursor is all that matters. Its
+        # partitions are also how poller replicas share the accounts (one owner each).
+        TopicSpec("cursors", names.cursors, t.partitions, rf, compact),
         TopicSpec("ticketure", names.ticketure, t.partitions, rf, delete(t.source_retention_ms)),
         TopicSpec("batches", names.batches, t.partitions, rf, delete(t.batches_retention_ms)),
         # Dedupe changelog: co-partitioned with the map stage's inputs (same count).

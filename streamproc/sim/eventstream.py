@@ -1,0 +1,199 @@
+"""One simulated account's eventstream: its items, pages, retention and who may read it.
+
+Pure data structures for :mod:`streamproc.sim.ticketmatic` (no HTTP here): items are kept
+in id order with their JSON encoded once, pages are cut by bisection on ``(ms, seq)``,
+and the oldest items are dropped past the retention.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import hmac
+from collections import Counter, deque
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+import orjson
+
+from streamproc.errors import DecodeError
+from streamproc.sim.webshop import WebshopSessions
+from streamproc.sources.ticketmatic import auth
+from streamproc.sources.ticketmatic.cursor import position_key
+from streamproc.sources.ticketmatic.items import normalize_type, parse_ts
+
+NextId = Literal["last", "after"]
+
+
+class SimAccount(msgspec.Struct, frozen=True):
+    name: str
+    access_key: str
+    secret_key: str
+
+    @classmethod
+    def parse(cls, text: str) -> SimAccount:
+        """``name:accesskey:secretkey``."""
+        parts = text.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"account {text.split(':')[0]!r}: expected name:accesskey:secretkey")
+        return cls(*parts)
+
+
+class StreamItem(msgspec.Struct, frozen=True, array_like=True):
+    key: tuple[int, int]
+    id: str
+    type: str  # normalized, for the eventtypes filter
+    raw: bytes
+
+
+class Fault(msgspec.Struct):
+    status: int
+    retry_after: float | None = None
+    body: bytes | None = None
+
+
+class Stream:
+    """One account's items in id order; the oldest are dropped past the retention."""
+
+    def __init__(self, account: SimAccount, sessions: WebshopSessions) -> None:
+        self.account = account
+        self.sessions = sessions
+        self.keys: list[tuple[int, int]] = []
+        self.items: list[StreamItem] = []
+        self.first = 0  # items before this index are dropped
+        self.last_key = (0, 0)
+        self.faults: deque[Fault] = deque()
+        self.stats: Counter[str] = Counter()
+
+    def next_key(self, ms: int) -> tuple[int, int]:
+        last_ms, last_seq = self.last_key
+        key = (last_ms, last_seq + 1) if ms <= last_ms else (ms, 0)
+        self.last_key = key
+        return key
+
+    def append(self, ms: int, item_type: str, data: dict[str, Any]) -> str:
+        key = self.next_key(ms)
+        item_id = f"{key[0]}-{key[1]}"
+        ts = datetime.fromtimestamp(key[0] / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        raw = orjson.dumps({"id": item_id, "ts": ts, "type": item_type, "data": data})
+        self._store(StreamItem(key, item_id, normalize_type(item_type), raw))
+        return item_id
+
+    def append_raw(self, ms: int, raw: bytes) -> str:
+        """A raw (possibly broken) item at the next position; its own id is not checked."""
+        key = self.next_key(ms)
+        item_id = f"{key[0]}-{key[1]}"
+        self._store(StreamItem(key, item_id, "", raw))
+        return item_id
+
+    def _store(self, item: StreamItem) -> None:
+        self.keys.append(item.key)
+        self.items.append(item)
+        self.stats["generated"] += 1
+
+    def drop_older(self, horizon_ms: int) -> None:
+        start = bisect.bisect_left(self.keys, (horizon_ms, 0), lo=self.first)
+        if start > self.first:
+            self.stats["dropped"] += start - self.first
+            self.first = start
+        if self.first > 4096 and self.first * 2 > len(self.items):
+            del self.keys[: self.first], self.items[: self.first]
+            self.first = 0
+
+    def page(
+        self, start: tuple[int, int] | None, types: set[str], size: int, nextid: NextId
+    ) -> tuple[list[StreamItem], str | None, bool]:
+        """Up to ``size`` items from ``start``: (items, id of the last one looked at, more)."""
+        i = self.first if start is None else bisect.bisect_left(self.keys, start, lo=self.first)
+        end = len(self.items)
+        out: list[StreamItem] = []
+        scanned: StreamItem | None = None
+        while i < end and len(out) < size:
+            item = self.items[i]
+            i += 1
+            scanned = item
+            if not types or item.type in types:
+                out.append(item)
+        if scanned is None:
+            return out, None, False
+        last = scanned.id if nextid == "last" else f"{scanned.key[0]}-{scanned.key[1] + 1}"
+        return out, last, i < end
+
+    def live(self) -> int:
+        return len(self.items) - self.first
+
+
+def check_authorization(
+    header: str | None, account: str, by_key: dict[str, SimAccount], now_s: float
+) -> tuple[int, str] | None:
+    """None if ``header`` may read ``account``'s stream, else (status, message) to answer.
+
+    Missing or malformed header, unknown key, wrong secret or signature, or a signature
+    time more than 30 minutes off: 401. Valid credentials of another account: 403.
+    """
+    if not header:
+        return 401, "Unauthorized: no Authorization header"
+    if header.startswith("Basic "):
+        try:
+            plain = base64.b64decode(header[6:], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return 401, "Unauthorized: malformed basic credentials"
+        user, _, password = plain.partition(":")
+        holder = by_key.get(user)
+        if holder is None or not hmac.compare_digest(password, holder.secret_key):
+            return 401, "Unauthorized: wrong access key or secret key"
+    else:
+        fields = auth.parse_hmac_header(header)
+        if fields is None:
+            return 401, "Unauthorized: unknown authorization scheme"
+        holder = by_key.get(fields["key"])
+        if holder is None:
+            return 401, "Unauthorized: unknown access key"
+        signed_at = auth.parse_sign_ts(fields["ts"])
+        if signed_at is None:
+            return 401, "Unauthorized: ts is not YYYY-MM-DDTHH:MM:SS"
+        if abs(now_s - signed_at.timestamp()) > auth.MAX_SKEW_S:
+            return 401, "Unauthorized: signature time is more than 30 minutes off"
+        expected = auth.signature(holder.access_key, holder.secret_key, account, fields["ts"])
+        if not hmac.compare_digest(expected, fields["sign"]):
+            return 401, "Unauthorized: signature mismatch"
+    if holder.name != account:
+        return 403, f"Forbidden: no access to account {account}"
+    return None
+
+
+def parse_query(query: Mapping[str, str]) -> tuple[tuple[int, int] | None, set[str]]:
+    """(where to start, the normalized types wanted) from ``id``/``ts`` and ``eventtypes``.
+
+    ValueError naming the problem: ``id`` and ``ts`` together, or either unreadable.
+    """
+    if "id" in query and "ts" in query:
+        raise ValueError("id and ts are mutually exclusive")
+    start: tuple[int, int] | None = None
+    try:
+        if "id" in query:
+            start = position_key(query["id"])
+        elif "ts" in query:
+            start = (int(parse_ts(query["ts"]).timestamp() * 1000), 0)
+    except DecodeError as exc:
+        raise ValueError(str(exc)) from None
+    types = {normalize_type(t) for t in query.get("eventtypes", "").split(",") if t.strip()}
+    return start, types
+
+
+def page_body(items: list[StreamItem], nextid: str, more: bool) -> bytes:
+    """The answer's JSON, with each item's bytes as stored (encoded once, when added)."""
+    return b"".join(
+        (
+            b'{"results":',
+            b"[" + b",".join(i.raw for i in items) + b"]" if items else b"null",
+            b',"nextid":',
+            orjson.dumps(nextid),
+            b',"moreresults":',
+            b"true" if more else b"false",
+            b"}",
+        )
+    )

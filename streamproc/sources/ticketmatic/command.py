@@ -1,0 +1,95 @@
+"""``streamproc poll``: Ticketmatic's eventstream into Kafka, exactly once, per account.
+
+Serves ``/metrics``, ``/healthz`` and ``/readyz``; SIGTERM (or SIGINT) lets every account
+finish its transaction in flight, leaves the poller group so that a standby replica takes
+over at once, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from streamproc import kafka
+from streamproc.config import Settings
+from streamproc.errors import ConfigError, DecodeError
+from streamproc.health import Health, HealthServer
+from streamproc.lifecycle import stop_on_signals
+from streamproc.sources.ticketmatic.items import ts_ms
+from streamproc.sources.ticketmatic.service import PollService
+from streamproc.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="poller group session timeout: a dead replica's accounts move after this "
+        "(default 10; the broker's minimum is usually 6)",
+    )
+    parser.add_argument(
+        "--backoff-base",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="first retry delay after a 5xx, timeout or malformed answer (default 0.5)",
+    )
+
+
+def _check_accounts(settings: Settings) -> None:
+    """ConfigError for what would only fail later: no account, a bad start_ts, a repeat."""
+    setting = "ticketmatic.accounts (STREAMPROC_TICKETMATIC_ACCOUNTS)"
+    accounts = settings.ticketmatic.accounts
+    if not accounts:
+        raise ConfigError(setting, "no account to poll")
+    names = [a.name for a in accounts]
+    if len(set(names)) != len(names):
+        raise ConfigError(setting, "an account name appears twice")
+    for account in accounts:
+        if account.start_ts:
+            try:
+                ts_ms(account.start_ts)
+            except DecodeError as exc:
+                raise ConfigError(f"{setting}: {account.name}.start_ts", exc.reason) from None
+
+
+async def _cursor_topic_exists(settings: Settings) -> bool:
+    consumer = kafka.consumer(settings.kafka, group_id=None)
+    await consumer.start()
+    try:
+        return Topics.for_prefix(settings.topic_prefix).cursors in await consumer.topics()
+    finally:
+        await consumer.stop()
+
+
+async def command(settings: Settings, args: argparse.Namespace) -> int:
+    _check_accounts(settings)
+    if not await _cursor_topic_exists(settings):
+        log.error(
+            "topic %s is missing: run `streamproc topics ensure` first",
+            Topics.for_prefix(settings.topic_prefix).cursors,
+        )
+        return 2
+    stop = stop_on_signals()
+    health = Health()
+    session_ms = int(args.session_timeout * 1000)
+    service = PollService(
+        settings,
+        health=health,
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(500, session_ms // 4),
+        backoff_base_s=args.backoff_base,
+    )
+    async with HealthServer(health, settings.metrics_host, settings.metrics_port):
+        log.info(
+            "polling %d Ticketmatic account(s) at %s",
+            len(settings.ticketmatic.accounts),
+            settings.ticketmatic.base_url,
+        )
+        await service.run(stop)
+    log.info("poller stopped")
+    return 0

@@ -1,0 +1,157 @@
+"""Cursors: where each account's eventstream was read up to, kept in a compacted topic.
+
+One record per account (key = the account name), written in the same Kafka transaction as
+the items it covers, so a cursor never runs ahead of, or behind, what is in the topic. The
+record of an account goes to partition ``cursor_partition(account, n)``: the replica that
+owns that partition in the poller group polls the account (see ``ownership``).
+
+Restoring reads every partition (so a changed partition count loses nothing) up to the
+high watermark taken at the start, ``read_committed``: the wait covers transactions of
+other accounts still open in the same partition, which would otherwise hide a later
+committed cursor of this account behind the last stable offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable
+
+import msgspec
+from aiokafka import TopicPartition
+from aiokafka.partitioner import murmur2
+
+from streamproc import kafka
+from streamproc.config import Settings
+
+log = logging.getLogger(__name__)
+
+_POSITION = re.compile(r"^(\d{1,16})(?:-(\d{1,10}))?$")
+
+
+class Cursor(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One account's position in its eventstream.
+
+    ``id``: the newest item written to Kafka (items at or below it are never written
+    again); ``next``: the ``nextid`` Ticketmatic gave with it, where the next request
+    starts; ``ts``: that item's time as Ticketmatic wrote it; ``known_ms``: the stream is
+    known to be read completely up to this epoch ms (the newest item, or the time of a poll
+    that found nothing more), which is what the 4 h retention is measured against;
+    ``updated_ms``: when this record was written.
+    """
+
+    id: str | None = None
+    next: str | None = None
+    ts: str | None = None
+    known_ms: int = 0
+    updated_ms: int = 0
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(Cursor)
+
+
+def encode(cursor: Cursor) -> bytes:
+    return _ENCODER.encode(cursor)
+
+
+def decode(value: bytes) -> Cursor:
+    """A cursor record's value; msgspec.DecodeError if it is not one."""
+    return _DECODER.decode(value)
+
+
+def position_key(item_id: str) -> tuple[int, int]:
+    """Order key of an id or ``nextid``: ``"1526985054069-3"`` -> ``(1526985054069, 3)``.
+
+    Lenient where ``items.parse_item_id`` is strict: Ticketmatic answers ``"0"`` as the
+    ``nextid`` of an empty stream, so a bare number is ``(n, 0)``. ValueError otherwise.
+    """
+    match = _POSITION.match(item_id.strip())
+    if match is None:
+        raise ValueError(f"{item_id!r} is not an eventstream id")
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def later(a: str | None, b: str | None) -> str | None:
+    """The later of two ids by (ms, seq); an id that does not parse loses."""
+    if a is None or b is None:
+        return a or b
+    try:
+        ka = position_key(a)
+    except ValueError:
+        return b
+    try:
+        kb = position_key(b)
+    except ValueError:
+        return a
+    return a if ka >= kb else b
+
+
+def cursor_partition(account: str, partitions: int) -> int:
+    """The cursors-topic partition of ``account``: Kafka's own murmur2 of the key."""
+    return int(murmur2(account.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def newer(a: Cursor | None, b: Cursor) -> Cursor:
+    """The cursor further along (by ``id``, then ``known_ms``); ``b`` wins a tie."""
+    if a is None:
+        return b
+    winner = later(a.id, b.id)
+    if a.id != b.id:
+        return a if winner == a.id else b
+    return a if a.known_ms > b.known_ms else b
+
+
+async def restore(
+    settings: Settings, topic: str, partitions: Iterable[int], timeout_s: float = 60.0
+) -> dict[str, Cursor]:
+    """The latest committed cursor of every account found in ``topic``'s ``partitions``.
+
+    Call it only after this replica's transactional producers for the accounts it cares
+    about are initialised: that fences older owners and settles their open transactions,
+    so nothing committed later can be missed. Raises TimeoutError if the topic cannot be
+    read to its high watermark within ``timeout_s`` (a transaction timeout is 30 s).
+    """
+    deadline = time.monotonic() + timeout_s
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    probe = kafka.consumer(settings.kafka, isolation_level="read_uncommitted", group_id=None)
+    await probe.start()
+    try:
+        high = await probe.end_offsets(tps)
+    finally:
+        await probe.stop()
+    cursors: dict[str, Cursor] = {}
+    wanted = {tp: end for tp, end in high.items() if end > 0}
+    if not wanted:
+        return cursors
+    reader = kafka.consumer(settings.kafka, group_id=None)
+    await reader.start()
+    try:
+        reader.assign(list(wanted))
+        await reader.seek_to_beginning(*wanted)
+        while True:
+            pending = [tp for tp, end in wanted.items() if await reader.position(tp) < end]
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cursor topic {topic} not read to its end in {timeout_s} s")
+            batch = await reader.getmany(*pending, timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    _take(cursors, record.key, record.value)
+    finally:
+        await reader.stop()
+    return cursors
+
+
+def _take(cursors: dict[str, Cursor], key: bytes | None, value: bytes | None) -> None:
+    if key is None or value is None:
+        return
+    account = key.decode("utf-8", "replace")
+    try:
+        cursor = decode(value)
+    except msgspec.DecodeError:
+        log.warning("cursor record of account %s is not a cursor; ignored", account)
+        return
+    cursors[account] = newer(cursors.get(account), cursor)
