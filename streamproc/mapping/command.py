@@ -1,0 +1,72 @@
+"""``streamproc map``: map and dedupe both sources into mParticle batches, exactly once.
+
+Joins the consumer group ``<prefix>streamproc-map`` (scale by adding processes, up to the
+partition count) and serves ``/metrics``, ``/healthz`` and ``/readyz`` on
+``metrics_host:metrics_port``; ``/readyz`` is 503 while dedupe state is being restored or a
+partition is failing. SIGTERM or SIGINT: stop polling, finish (or after
+``--shutdown-timeout`` abort) the transactions in flight, leave the group, exit 0. A
+partition that keeps failing for ``--retry-timeout`` seconds ends the process with exit
+code 1, for the orchestrator to restart it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from aiokafka.errors import KafkaError
+
+from streamproc.config import Settings
+from streamproc.health import Health, HealthServer
+from streamproc.lag import LagMonitor
+from streamproc.lifecycle import stop_on_signals
+from streamproc.mapping.processor import MapProcessor
+from streamproc.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-records", type=int, default=2000, help="records per poll and per transaction"
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=20.0,
+        help="seconds to let transactions in flight finish on SIGTERM",
+    )
+    parser.add_argument(
+        "--lag-interval", type=float, default=5.0, help="seconds between lag samples (default 5)"
+    )
+    parser.add_argument(
+        "--retry-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a partition may keep failing before the process gives up",
+    )
+
+
+async def command(settings: Settings, args: argparse.Namespace) -> int:
+    stop = stop_on_signals()
+    health = Health()
+    processor = MapProcessor(
+        settings,
+        health=health,
+        max_records=args.max_records,
+        txn_max_records=args.max_records,
+        shutdown_timeout_s=args.shutdown_timeout,
+        retry_timeout_s=args.retry_timeout,
+    )
+    names = Topics.for_prefix(settings.topic_prefix)
+    monitor = LagMonitor(
+        settings, processor.group_id, [names.ticketmatic, names.ticketure], args.lag_interval
+    )
+    async with HealthServer(health, settings.metrics_host, settings.metrics_port), monitor:
+        try:
+            async with processor:
+                await processor.run(stop)
+        except (TimeoutError, KafkaError, OSError):
+            log.exception("map: giving up")
+            return 1
+    return 0

@@ -1,0 +1,665 @@
+"""The map stage's exactly-once loop: consume both sources, map, dedupe, produce, commit.
+
+A consumer group (``<prefix>streamproc-map``) reads ``ticketmatic.eventstream`` and
+``ticketure.audit`` (``read_committed``, no auto-commit). Every input partition this
+process owns gets its own transactional producer, ``transactional_id =
+<prefix>streamproc-map-<topic>-<partition>``, and its own :class:`~streamproc.dedupe.
+DedupeState`. What was polled for a partition is processed in one transaction on that
+partition's producer: the batches (``mparticle.batches``), the dead letters, the dedupe
+changelog records and the consumed offsets (``send_offsets_to_transaction``) commit or
+abort together.
+
+Zombie fencing: aiokafka's ``send_offsets_to_transaction`` carries no consumer generation,
+so the group coordinator would take offsets from a consumer that already lost the
+partition. A partition's transactional id is the same for whoever owns it, and the owner
+initialises its producer (``InitProducerId``) on assignment BEFORE it reads the committed
+offset and restores the dedupe state: that bumps the producer epoch, so the broker aborts
+the previous owner's open transaction and refuses its commit (``ProducerFenced``) from then
+on (as Kafka Streams' EOS v1 and Faust do). Each commit therefore builds on the result of
+the previous one, whoever made it.
+
+Failure: a transaction that fails is aborted, the partition is paused, its producer closed
+and the partition set up again as on assignment (new producer, state restored from the
+changelog, position = committed offset): nothing lost, nothing twice. After
+``ProducerFenced`` the set-up waits ``fence_backoff_s`` (the partition has moved; the
+rebalance will say so) and only happens if the consumer still owns the partition. Repeated
+failures back off exponentially; a partition failing for longer than ``retry_timeout_s``
+stops the processor with the error (the process exits non-zero and is restarted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+from aiokafka.partitioner import DefaultPartitioner
+
+from streamproc import kafka, metrics, topics
+from streamproc.backoff import Backoff
+from streamproc.config import Settings
+from streamproc.dedupe import Changes, DedupeState, changelog_key, encode_ids, item_hash, restore
+from streamproc.dlq import DeadLetter
+from streamproc.errors import ConfigError
+from streamproc.health import Health
+from streamproc.mapping.router import (
+    MapOutcome,
+    Mapped,
+    MappingContext,
+    Unknown,
+    Unmappable,
+    map_record,
+)
+from streamproc.topics import Topics
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "map"
+TICKETMATIC, TICKETURE = "ticketmatic", "ticketure"
+Mapper = Callable[[str, bytes, str, str | None], MapOutcome]
+Hook = Callable[[TopicPartition], Awaitable[None]]
+
+
+class _IdOnly(msgspec.Struct):
+    id: str | int | None = None
+    event_id: str | None = None
+
+
+_ID_ONLY = msgspec.json.Decoder(_IdOnly)
+_PARTITIONER = DefaultPartitioner()
+
+
+class Part:
+    """An input partition this process owns: its producer, dedupe state and queue."""
+
+    def __init__(self, tp: TopicPartition, source: str, producer: AIOKafkaProducer) -> None:
+        self.tp = tp
+        self.source = source
+        self.producer = producer
+        self.state: DedupeState | None = None
+        self.queue: list[Any] = []  # polled records not yet in a transaction
+        self.task: asyncio.Task[None] | None = None
+        self.active = True  # False once revoked or failed: no new transaction starts
+        self.paused = False  # paused because its queue is full
+
+
+def item_id_of(source: str, value: bytes, header_id: str | None, account: str | None = None) -> str:
+    """The item id: the header, else the item's own id, else a hash of its content.
+
+    Ticketmatic's ids number each account's stream on its own, so two accounts can hold
+    the same id: a Ticketmatic item is identified as ``<account>/<id>`` (for dedupe and for
+    ``source_request_id``), else two accounts' items would be taken for one.
+    """
+    if source == TICKETMATIC and account:
+        return f"{account}/{item_id_of(source, value, header_id)}"
+    if header_id:
+        return header_id
+    try:
+        ids = _ID_ONLY.decode(value)
+    except msgspec.DecodeError:
+        ids = _IdOnly()
+    own = ids.id if source == TICKETMATIC else ids.event_id
+    if own is not None and str(own):
+        return str(own)
+    return "sha256:" + hashlib.sha256(value).hexdigest()[:32]
+
+
+class MapProcessor:
+    """``streamproc map`` as a component: ``async with`` it, then ``await run(stop)``.
+
+    Durations are parameters so tests run without sleeping. ``before_commit`` is awaited
+    just before each commit (tests hold a transaction open with it).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        health: Health | None = None,
+        mapper: Mapper | None = None,
+        poll_timeout_ms: int = 200,
+        max_records: int = 2000,
+        txn_max_records: int = 2000,
+        revoke_timeout_s: float = 10.0,
+        shutdown_timeout_s: float = 20.0,
+        restore_timeout_s: float = 120.0,
+        fence_backoff_s: float = 1.0,
+        backoff_base_s: float = 0.2,
+        backoff_cap_s: float = 10.0,
+        retry_timeout_s: float = 300.0,
+        consumer_options: Mapping[str, Any] | None = None,
+        before_commit: Hook | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics.for_prefix(settings.topic_prefix)
+        self.group_id = f"{settings.topic_prefix}streamproc-map"
+        self.health = health or Health()
+        if mapper is None:
+            mapper = functools.partial(map_record, ctx=MappingContext.from_settings(settings))
+        self._map = mapper
+        self._window_ms = int(settings.mapping.dedupe_window_s * 1000)
+        self._poll_timeout_ms = poll_timeout_ms
+        self._max_records = max_records
+        self._txn_max = txn_max_records
+        self._revoke_timeout_s = revoke_timeout_s
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._restore_timeout_s = restore_timeout_s
+        self._fence_backoff_s = fence_backoff_s
+        self._backoff = (backoff_base_s, backoff_cap_s)
+        self._retry_timeout_s = retry_timeout_s
+        self._txn_timeout_s = settings.kafka.transaction_timeout_ms / 1000
+        self._consumer_options = dict(consumer_options or {})
+        self._before_commit = before_commit
+        self._sources = {self.topics.ticketmatic: TICKETMATIC, self.topics.ticketure: TICKETURE}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._restorer: AIOKafkaConsumer | None = None
+        self._parts: dict[TopicPartition, Part] = {}
+        self._pending: dict[TopicPartition, float] = {}  # to set up, not before (monotonic)
+        self._failing: dict[TopicPartition, tuple[float, Backoff]] = {}
+        self._generation = 0
+        self._fatal: BaseException | None = None
+        self.fenced = 0  # commits refused because another producer took the partition over
+        self.committed = 0  # source records whose transaction committed
+        self._partition_cache = _PartitionCache()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
+        self.health.set(COMPONENT, False, "starting")
+        await self._check_copartitioned()
+        restorer = kafka.consumer(self.settings.kafka, group_id=None, fetch_max_wait_ms=100)
+        await restorer.start()
+        consumer = kafka.consumer(
+            self.settings.kafka, group_id=self.group_id, **self._consumer_options
+        )
+        try:
+            await consumer.start()
+            consumer.subscribe(
+                [self.topics.ticketmatic, self.topics.ticketure], listener=_Listener(self)
+            )
+        except BaseException:
+            await consumer.stop()
+            await restorer.stop()
+            raise
+        self._consumer, self._restorer = consumer, restorer
+        self.health.set(COMPONENT, False, "joining the consumer group")
+
+    async def stop(self) -> None:
+        """Finish (or after ``shutdown_timeout_s`` abort) open transactions, leave the group."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        parts = list(self._parts.values())
+        self._parts.clear()
+        self._pending.clear()
+        await self._release(parts, self._shutdown_timeout_s, cancel=True)
+        await consumer.stop()  # leaves the group: the partitions move at once
+        if self._restorer is not None:
+            await self._restorer.stop()
+        metrics.DEDUPE_SIZE.set(0)
+        self.health.set(COMPONENT, False, "stopped")
+
+    async def __aenter__(self) -> MapProcessor:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll and dispatch until ``stop`` is set; raise what made a partition give up."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("MapProcessor.run() before start()")
+        while not stop.is_set():
+            if self._fatal is not None:
+                raise self._fatal
+            now = time.monotonic()
+            due = [tp for tp, when in self._pending.items() if when <= now]
+            if due:
+                await self._set_up(due)
+            batch = await consumer.getmany(
+                timeout_ms=self._poll_timeout_ms, max_records=self._max_records
+            )
+            for tp, records in batch.items():
+                part = self._parts.get(tp)
+                if part is None or not part.active:
+                    continue  # re-read from the committed offset once it is set up again
+                part.queue.extend(records)
+                if len(part.queue) >= 2 * self._txn_max and not part.paused:
+                    consumer.pause(tp)
+                    part.paused = True
+                if part.task is None:
+                    part.task = asyncio.create_task(self._work(part))
+
+    # --- assignment -----------------------------------------------------------------------
+
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        self._generation += 1
+        self._pending.clear()
+        parts = [p for tp in revoked if (p := self._parts.pop(tp, None)) is not None]
+        await self._release(parts, self._revoke_timeout_s)
+        self._update_size()
+
+    def _assigned(self, assigned: set[TopicPartition]) -> None:
+        self._failing.clear()
+        # Nothing is read until the partition's producer has fenced the previous owner and
+        # its state is restored (in run()): pause now, seek and resume after the set-up.
+        self._generation += 1
+        consumer = self._consumer
+        if consumer is not None and assigned:
+            consumer.pause(*assigned)
+        now = time.monotonic()
+        self._pending = dict.fromkeys(assigned, now)
+        if assigned:
+            self.health.set(COMPONENT, False, "restoring dedupe state")
+        else:
+            self.health.set(COMPONENT, True, "no partition assigned: standing by")
+
+    async def _set_up(self, tps: Sequence[TopicPartition]) -> None:
+        """Own ``tps``: fence the previous owners, restore state, seek to committed offsets."""
+        consumer, restorer = self._consumer, self._restorer
+        if consumer is None or restorer is None:
+            return
+        generation = self._generation
+        owned = consumer.assignment()
+        for tp in set(tps) - owned:
+            self._pending.pop(tp, None)
+        tps = sorted(set(tps) & owned)
+        parts = {tp: Part(tp, self._sources[tp.topic], self._producer(tp)) for tp in tps}
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._restore_timeout_s):
+                states, committed = await self._fence_and_restore(consumer, restorer, parts)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await asyncio.gather(*(p.producer.stop() for p in parts.values()))
+            for tp in tps:
+                self._retry_later(tp, exc)
+            self.health.set(COMPONENT, False, f"set-up failed: {exc!r}"[:200])
+            return
+        if generation != self._generation or not set(tps) <= consumer.assignment():
+            # A rebalance happened meanwhile; its own set-up is pending.
+            await asyncio.gather(*(p.producer.stop() for p in parts.values()))
+            return
+        metrics.DEDUPE_RESTORE.observe(time.monotonic() - started)
+        for tp, part in parts.items():
+            part.state = states[(part.source, tp.partition)]
+            consumer.seek(tp, committed[tp])
+            self._parts[tp] = part
+            self._pending.pop(tp, None)
+        if tps:
+            consumer.resume(*tps)
+            log.info(
+                "map: own %s (dedupe state: %d ids, restored in %.2f s)",
+                ", ".join(_name(tp) for tp in tps),
+                sum(p.state.size for p in parts.values() if p.state is not None),
+                time.monotonic() - started,
+            )
+        self._update_size()
+        if not self._pending:
+            self.health.set(COMPONENT, True, "")
+
+    async def _fence_and_restore(
+        self,
+        consumer: AIOKafkaConsumer,
+        restorer: AIOKafkaConsumer,
+        parts: dict[TopicPartition, Part],
+    ) -> tuple[dict[tuple[str, int], DedupeState], dict[TopicPartition, int]]:
+        """Start the producers, then read the dedupe states and the offsets to resume from.
+
+        Initialising a producer fences every earlier owner of its partition (their open
+        transaction is aborted, their commits refused): only after that are the changelog
+        and the committed offsets final.
+        """
+        starts = [p.producer.start() for p in parts.values()]
+        for result in await asyncio.gather(*starts, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+        wanted: dict[int, set[str]] = {}
+        for tp, part in parts.items():
+            wanted.setdefault(tp.partition, set()).add(part.source)
+        states = await restore(
+            restorer, self.topics.dedupe, wanted, self._new_state, self._restore_timeout_s
+        )
+        committed = {tp: await consumer.committed(tp) for tp in parts}
+        missing = [tp for tp, offset in committed.items() if offset is None]
+        if missing:
+            committed.update(await consumer.beginning_offsets(missing))
+        return states, committed
+
+    def _new_state(self) -> DedupeState:
+        return DedupeState(self._window_ms)
+
+    def _producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        txn_id = f"{self.settings.topic_prefix}streamproc-map-{tp.topic}-{tp.partition}"
+        return kafka.producer(
+            self.settings.kafka, transactional_id=txn_id, max_batch_size=256 * 1024
+        )
+
+    async def _release(self, parts: list[Part], timeout_s: float, cancel: bool = False) -> None:
+        """Let ``parts`` finish their transaction in flight (up to ``timeout_s``), close them.
+
+        A transaction still running after that keeps its producer until it ends (or is
+        cancelled, if ``cancel``); the next owner's producer fences it, so it cannot commit.
+        """
+        for part in parts:
+            part.active = False
+            part.queue.clear()
+        running = [p.task for p in parts if p.task is not None]
+        if running:
+            _done, late = await asyncio.wait(running, timeout=timeout_s)
+            if late:
+                log.warning(
+                    "map: %d transaction(s) still open after %.1f s; they will be fenced",
+                    len(late),
+                    timeout_s,
+                )
+                if cancel:
+                    for task in late:
+                        task.cancel()
+                    await asyncio.gather(*late, return_exceptions=True)
+        await asyncio.gather(*(p.producer.stop() for p in parts if p.task is None))
+
+    async def _check_copartitioned(self) -> None:
+        """ConfigError unless the inputs and the changelog exist, co-partitioned."""
+        rows = {row["role"]: row for row in await topics.describe(self.settings)}
+        roles = ("ticketmatic", "ticketure", "dedupe")
+        missing = [role for role in roles if not rows[role]["exists"]]
+        if missing:
+            raise ConfigError(
+                "topics", f"{', '.join(missing)} missing: run `streamproc topics ensure`"
+            )
+        inputs = max(int(rows["ticketmatic"]["partitions"]), int(rows["ticketure"]["partitions"]))
+        changelog = int(rows["dedupe"]["partitions"])
+        if changelog < inputs:
+            raise ConfigError(
+                "topics",
+                f"{self.topics.dedupe} has {changelog} partitions, fewer than the inputs "
+                f"({inputs}): run `streamproc topics ensure`",
+            )
+
+    # --- processing -----------------------------------------------------------------------
+
+    async def _work(self, part: Part) -> None:
+        """Run transactions for ``part`` while it has records and is active."""
+        try:
+            while part.active and part.queue:
+                records = part.queue[: self._txn_max]
+                del part.queue[: self._txn_max]
+                try:
+                    # The broker aborts a transaction older than this anyway.
+                    async with asyncio.timeout(self._txn_timeout_s):
+                        await self._transact(part, records)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    await self._failed(part, exc)
+                    return
+                self._failing.pop(part.tp, None)
+                if part.paused and part.active and len(part.queue) < self._txn_max:
+                    part.paused = False
+                    if self._consumer is not None:
+                        self._consumer.resume(part.tp)
+        except Exception as exc:
+            log.exception("map: unexpected error on %s", _name(part.tp))
+            self._fatal = exc
+        finally:
+            part.task = None
+            if not part.active:
+                await part.producer.stop()
+
+    async def _transact(self, part: Part, records: list[Any]) -> None:
+        """One transaction: batches, dead letters, changelog and offsets for ``records``."""
+        state, producer, tp = part.state, part.producer, part.tp
+        if state is None:
+            return
+        txn = state.begin()
+        counts: Counter[tuple[str, str, str]] = Counter()
+        hits: Counter[str] = Counter()
+        truncated: Counter[str] = Counter()
+        await producer.begin_transaction()
+        partitions = await producer.partitions_for(self.topics.batches)
+        out = _Output(producer, self.topics.batches, partitions, self._partition_cache)
+        for record in records:
+            source, item_id, account, passed, has_time = self._headers(part, record)
+            outcome = self._outcome(source, record.value, item_id, account)
+            if type(outcome) is Mapped:
+                h = item_hash(source, item_id)
+                if txn.seen(h):
+                    counts[(source, outcome.item_type, "duplicate")] += 1
+                    hits[source] += 1
+                    continue
+                txn.add(h, outcome.item_time_ms)
+                if not has_time:
+                    passed.append((kafka.H_ITEM_TIME, str(outcome.item_time_ms).encode()))
+                await out.add(outcome.key.encode(), outcome.batch, passed)
+                kind = "forwarded" if outcome.forwarded else "mapped"
+                counts[(source, outcome.item_type, kind)] += 1
+                if outcome.truncations:
+                    truncated.update(outcome.truncations)
+            elif type(outcome) is Unknown:
+                counts[(source, outcome.item_type, "unknown_type")] += 1
+            elif isinstance(outcome, Unmappable):
+                letter = DeadLetter(
+                    stage="map",
+                    reason_code=outcome.reason_code,
+                    reason=outcome.reason,
+                    origin_topic=record.topic,
+                    key=record.key,
+                    value=record.value or b"",
+                    headers=record.headers,
+                )
+                await producer.send(
+                    self.topics.dlq, letter.value, key=letter.key, headers=letter.headers
+                )
+                counts[(source, outcome.item_type, "dead_lettered")] += 1
+        await out.flush()
+        changes = txn.changes(int(time.time() * 1000))
+        await self._write_changelog(part, changes, records[0].offset)
+        await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+        if self._before_commit is not None:
+            await self._before_commit(tp)
+        await producer.commit_transaction()
+        state.apply(changes, records[0].offset)
+        self.committed += len(records)
+        for labels, n in counts.items():
+            metrics.MAP_ITEMS.labels(*labels).inc(n)
+        for source, n in hits.items():
+            metrics.DEDUPE_HITS.labels(source).inc(n)
+        for what, n in truncated.items():
+            metrics.MAP_TRUNCATED.labels(what).inc(n)
+        self._update_size()
+
+    async def _write_changelog(self, part: Part, changes: Changes, offset: int) -> None:
+        topic, partition = self.topics.dedupe, part.tp.partition
+        for bucket, (newest, hashes) in changes.records.items():
+            key = changelog_key(part.source, bucket, offset)
+            await part.producer.send(
+                topic, encode_ids(newest, hashes), key=key, partition=partition
+            )
+        for bucket, offsets in changes.expired:
+            for first in offsets:
+                key = changelog_key(part.source, bucket, first)
+                await part.producer.send(topic, None, key=key, partition=partition)
+
+    def _headers(self, part: Part, record: Any) -> tuple[str, str, str | None, kafka.Headers, bool]:
+        """Source, item id, account, the headers to pass on and whether they hold the time."""
+        source = header_id = account = None
+        has_time = False
+        passed: kafka.Headers = []
+        for key, value in record.headers:
+            if key == kafka.H_SOURCE:
+                source = value.decode("utf-8", "replace")
+            elif key == kafka.H_ITEM_ID:
+                header_id = value.decode("utf-8", "replace")
+            elif key == kafka.H_ACCOUNT:
+                account = value.decode("utf-8", "replace")
+                passed.append((key, value))
+            elif key == kafka.H_ITEM_TIME:
+                has_time = True
+                passed.append((key, value))
+            elif key == kafka.H_RECEIVED:
+                passed.append((key, value))
+        if source not in (TICKETMATIC, TICKETURE):
+            source = part.source
+        item_id = item_id_of(source, record.value or b"", header_id, account)
+        passed.append((kafka.H_SOURCE, source.encode()))
+        passed.append((kafka.H_ITEM_ID, item_id.encode()))
+        return source, item_id, account, passed, has_time
+
+    def _outcome(
+        self, source: str, value: bytes | None, item_id: str, account: str | None
+    ) -> MapOutcome:
+        if value is None:
+            return Unmappable("undecodable", "undecodable", "the record has no value")
+        try:
+            return self._map(source, value, item_id, account)
+        except Exception as exc:
+            # A mapping bug must not stop the pipeline: park the item with the reason.
+            log.exception("map: mapping %s item %s raised", source, item_id)
+            return Unmappable("unknown", "internal_error", f"mapping raised {exc!r}"[:500])
+
+    # --- failures -------------------------------------------------------------------------
+
+    async def _failed(self, part: Part, exc: BaseException) -> None:
+        """Abort, close and set ``part`` up again (if still owned): see the module doc."""
+        tp, fenced = part.tp, isinstance(exc, ProducerFenced | InvalidProducerEpoch)
+        current = self._parts.get(tp) is part
+        part.active = False
+        part.queue.clear()
+        if fenced:
+            self.fenced += 1
+            log.warning("map: %s: fenced, another consumer owns it now", _name(tp))
+        else:
+            log.warning("map: %s: transaction failed (%r); aborting", _name(tp), exc)
+            try:
+                await asyncio.wait_for(producer_abort(part.producer), timeout=5.0)
+            except (KafkaError, TimeoutError) as abort_exc:
+                log.info(
+                    "map: %s: abort failed (%r), the next producer aborts it", _name(tp), abort_exc
+                )
+        await part.producer.stop()
+        if not current:
+            return  # revoked meanwhile: nothing more to do here
+        del self._parts[tp]
+        self._update_size()
+        consumer = self._consumer
+        if consumer is None or tp not in consumer.assignment():
+            return
+        consumer.pause(tp)
+        self._retry_later(tp, exc, self._fence_backoff_s if fenced else None)
+
+    def _retry_later(
+        self, tp: TopicPartition, exc: BaseException, delay: float | None = None
+    ) -> None:
+        now = time.monotonic()
+        since, backoff = self._failing.setdefault(tp, (now, Backoff(*self._backoff)))
+        if now - since > self._retry_timeout_s:
+            self._fatal = exc
+            log.error("map: %s failing for %.0f s, giving up: %r", _name(tp), now - since, exc)
+            return
+        wait = backoff.next() if delay is None else delay
+        self._pending[tp] = now + wait
+        self.health.set(COMPONENT, False, f"{_name(tp)}: {exc!r}"[:200])
+
+    def _update_size(self) -> None:
+        metrics.DEDUPE_SIZE.set(
+            sum(p.state.size for p in self._parts.values() if p.state is not None)
+        )
+
+
+def _name(tp: TopicPartition) -> str:
+    return f"{tp.topic}[{tp.partition}]"
+
+
+class _PartitionCache:
+    """Output partition by key: murmur2 in pure Python costs more than the rest of a record.
+
+    Keys (visitors, orders) repeat; the cache holds at most ``size`` of them and starts
+    over when full or when the partition count changes.
+    """
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._size = size
+        self._partitions: list[int] = []
+        self._map: dict[bytes, int] = {}
+
+    def of(self, partitions: list[int]) -> dict[bytes, int]:
+        if partitions != self._partitions or len(self._map) >= self._size:
+            self._partitions, self._map = partitions, {}
+        return self._map
+
+
+class _Output:
+    """Record batches for one topic, built here per partition and handed over whole.
+
+    ``producer.send`` costs a coroutine, a future and a size estimate per record; building
+    the batches directly (``create_batch``/``send_batch``, the key hashed by the producer's
+    default partitioner, murmur2 as in Java) is about a third cheaper. Inside a transaction
+    the partitions join it as with ``send``; a failed batch fails the commit.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        partitions: set[int],
+        cache: _PartitionCache,
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._partitions = sorted(partitions)
+        self._builders: dict[int, Any] = {}
+        self._cache = cache.of(self._partitions)
+
+    async def add(self, key: bytes, value: bytes, headers: kafka.Headers) -> None:
+        partition = self._cache.get(key)
+        if partition is None:
+            partition = self._cache[key] = _PARTITIONER(key, self._partitions, self._partitions)
+        builder = self._builders.get(partition)
+        if builder is None:
+            builder = self._builders[partition] = self._producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            # Full: hand it over and start the next one (a first record always fits).
+            await self._producer.send_batch(builder, self._topic, partition=partition)
+            builder = self._builders[partition] = self._producer.create_batch()
+            builder.append(key=key, value=value, timestamp=None, headers=headers)
+
+    async def flush(self) -> None:
+        builders, self._builders = self._builders, {}
+        for partition, builder in builders.items():
+            await self._producer.send_batch(builder, self._topic, partition=partition)
+
+
+async def producer_abort(producer: AIOKafkaProducer) -> None:
+    """Abort the open transaction, if the producer is still able to."""
+    try:
+        await producer.abort_transaction()
+    except AssertionError:
+        # aiokafka asserts on a state transition it does not allow (no open transaction).
+        return
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: MapProcessor) -> None:
+        self._processor = processor
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._processor._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._processor._assigned(set(assigned))
