@@ -157,7 +157,21 @@ class MParticleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     max_in_flight: int = 4
     linger_ms: float = 20.0
     request_timeout_s: float = 30.0
+    backoff_base_s: float = 0.5
     backoff_max_s: float = 60.0
+    # While mParticle answers 401/403: time between tries (nothing is dropped meanwhile).
+    auth_retry_s: float = 30.0
+    # 0: retry 5xx/timeouts without limit; else dead-letter a batch after this many tries.
+    max_retries: int = 0
+    shutdown_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.rate_limit_batches_per_s <= 0:
+            raise ValueError("rate_limit_batches_per_s: must be above 0")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight: must be at least 1")
+        if self.max_retries < 0:
+            raise ValueError("max_retries: must be 0 (no limit) or more")
 
     def url(self) -> str:
         """The base URL to post to, from ``base_url`` or the pod."""

@@ -1,0 +1,139 @@
+"""Batches from Kafka packed into bulk requests within mParticle's limits.
+
+mParticle takes at most 100 batches and 256 KB per bulk request, and at most 128 KB per
+batch. A batch is posted as the record's bytes, never re-encoded: a retry sends exactly
+what the first attempt sent, so mParticle's dedupe on ``source_request_id`` holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+MAX_BATCHES = 100
+MAX_REQUEST_BYTES = 256 * 1024
+MAX_BATCH_BYTES = 128 * 1024
+
+
+class Batch(Protocol):
+    """One record of the batches topic; an aiokafka ``ConsumerRecord`` is one as it is.
+
+    The deliverer passes the consumer's records through untouched rather than copying
+    each into an object of its own: this runs for every batch.
+    """
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A :class:`Batch` built by hand (tests, tools)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+def where(batch: Batch) -> str:
+    """``topic/partition@offset``, for logs (never the content)."""
+    return f"{batch.topic}/{batch.partition}@{batch.offset}"
+
+
+def reject_reason(value: bytes | None, max_batch_bytes: int = MAX_BATCH_BYTES) -> str | None:
+    """Why a record cannot be posted at all (a DLQ reason code), or None if it can.
+
+    Only cheap checks: a value that is not a JSON object would break the array it is
+    joined into; anything subtler is left to mParticle's 400 and the split that follows.
+    """
+    if not value:
+        return "empty_value"
+    if len(value) > max_batch_bytes:
+        return "batch_too_large"
+    if value[:1] != b"{" or value[-1:] != b"}":
+        return "not_json_object"
+    return None
+
+
+def request_body(batches: Sequence[Batch]) -> bytes:
+    """The bulk request body: the batches' bytes as a JSON array, unchanged."""
+    return b"[" + b",".join(b.value for b in batches) + b"]"
+
+
+class Batcher:
+    """Fills one request at a time; ``add`` hands back a request once it is full.
+
+    A request is full at ``max_batches`` batches, or when the next batch would push the
+    body past ``max_bytes``. ``age()`` tells the caller how long the open request has
+    been filling, so it can ``flush()`` after its linger.
+    """
+
+    def __init__(
+        self,
+        max_batches: int = MAX_BATCHES,
+        max_bytes: int = MAX_REQUEST_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_batches < 1:
+            raise ValueError("max_batches must be at least 1")
+        self.max_batches = max_batches
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._open: list[Batch] = []
+        self._size = 2  # the brackets
+        self._opened_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, batch: Batch) -> list[Batch] | None:
+        """Add ``batch``; return a request that is complete now, if any.
+
+        The caller must have checked the batch with :func:`reject_reason`: a batch larger
+        than ``max_bytes - 2`` would never fit and raises ValueError.
+        """
+        extra = len(batch.value) + (1 if self._open else 0)
+        if len(batch.value) + 2 > self.max_bytes:
+            raise ValueError(f"{where(batch)} is larger than a request may be")
+        done: list[Batch] | None = None
+        if self._open and self._size + extra > self.max_bytes:
+            done = self.flush()
+            extra = len(batch.value)
+        if not self._open:
+            self._opened_at = self._clock()
+        self._open.append(batch)
+        self._size += extra
+        if len(self._open) >= self.max_batches:
+            # At most one request completes per add: an overflow flush leaves one batch open.
+            return done or self.flush()
+        return done
+
+    def age(self) -> float:
+        """Seconds since the open request got its first batch (0 when empty)."""
+        return self._clock() - self._opened_at if self._open else 0.0
+
+    def flush(self) -> list[Batch] | None:
+        """The open request (None if empty); the batcher is empty afterwards."""
+        if not self._open:
+            return None
+        done, self._open, self._size = self._open, [], 2
+        return done
+
+    def clear(self) -> None:
+        """Forget the open request (its batches were not sent and will be read again)."""
+        self._open, self._size = [], 2

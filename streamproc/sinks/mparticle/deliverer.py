@@ -1,0 +1,386 @@
+"""The delivery loop: a consumer group over the batches topic, bulk requests to mParticle.
+
+Records are packed into requests (:mod:`.batcher`), at most ``max_in_flight`` requests
+are out at once, each carried to its end by :class:`.Sender`. Offsets are committed per
+partition only up to the contiguous prefix of records that mParticle accepted or that were
+dead-lettered (:mod:`.offsets`); nothing else moves them.
+
+- While every slot is busy the loop only tops up a queue of one ready request per slot
+  from what is already fetched. If that lasts (an outage, refused credentials) the
+  partitions are paused and the consumer keeps polling, so that the group does not drop
+  it for exceeding ``max.poll.interval.ms``.
+- Rebalance (partitions revoked): stop sending, give in-flight requests up to
+  ``revoke_timeout_s``, commit what is done, abandon the rest. Whoever gets the partitions
+  reads the uncommitted records again and sends the same bytes: mParticle drops the
+  repeats by ``source_request_id``.
+- ``stop()``: stop fetching, give in-flight requests up to ``shutdown_timeout_s``, commit,
+  leave the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from streamproc import kafka, metrics
+from streamproc.backoff import Backoff
+from streamproc.config import Settings
+from streamproc.dlq import DeadLetter
+from streamproc.health import Health
+from streamproc.sinks.mparticle.batcher import (
+    MAX_BATCH_BYTES,
+    Batch,
+    Batcher,
+    reject_reason,
+)
+from streamproc.sinks.mparticle.client import MParticleClient
+from streamproc.sinks.mparticle.offsets import OffsetTracker
+from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
+from streamproc.sinks.mparticle.sender import Sender
+from streamproc.topics import Topics
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "deliver"
+
+
+def tp_of(batch: Batch) -> TopicPartition:
+    return TopicPartition(batch.topic, batch.partition)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, deliverer: Deliverer) -> None:
+        self._deliverer = deliverer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._deliverer._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._deliverer._on_assigned(assigned)
+
+
+class Deliverer:
+    """``streamproc deliver``'s engine; ``start``/``stop`` are idempotent.
+
+    ``task`` ends only if delivery fails for good (a bug or an error that cannot be
+    retried); its exception says why, and nothing past the committed offsets is lost.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        health: Health | None = None,
+        group_id: str | None = None,
+        backoff_base_s: float = 0.5,
+        auth_retry_s: float = 30.0,
+        max_retries: int | None = None,
+        commit_interval_s: float = 1.0,
+        shutdown_timeout_s: float = 10.0,
+        revoke_timeout_s: float = 10.0,
+        blocked_poll_s: float = 1.0,
+        idle_poll_s: float = 0.5,
+        max_poll_records: int = 250,
+        consumer_options: dict[str, Any] | None = None,
+    ) -> None:
+        mp = settings.mparticle
+        self.settings = settings
+        self.topics = Topics.for_prefix(settings.topic_prefix)
+        self.group_id = group_id or f"{settings.topic_prefix}streamproc-deliver"
+        self.health = health or Health()
+        self.max_in_flight = max(1, mp.max_in_flight)
+        self.linger_s = mp.linger_ms / 1000
+        self.commit_interval_s = commit_interval_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.revoke_timeout_s = revoke_timeout_s
+        self.blocked_poll_s = blocked_poll_s
+        self.idle_poll_s = idle_poll_s
+        self.max_poll_records = max_poll_records
+        self.backoff_max_s = mp.backoff_max_s
+        self._consumer_options = consumer_options or {}
+        self.client = MParticleClient(
+            mp.url(),
+            mp.api_key,
+            mp.api_secret.reveal() if mp.api_secret else "",
+            timeout_s=mp.request_timeout_s,
+            max_connections=self.max_in_flight,
+        )
+        self.limiter = AdaptiveRateLimiter(mp.rate_limit_batches_per_s)
+        self.sender = Sender(
+            self.client,
+            self.limiter,
+            health=self.health,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=mp.backoff_max_s,
+            auth_retry_s=auth_retry_s,
+            max_retries=max_retries,
+        )
+        self._batcher = Batcher()
+        self._tracker = OffsetTracker()
+        self._ready: deque[list[Batch]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._generation = 0
+        self._rebalancing = False
+        self._paused = False
+        self._committed_at = 0.0
+        self._failure: BaseException | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._main: asyncio.Task[None] | None = None
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        if self._main is None:
+            raise RuntimeError("Deliverer.task before start()")
+        return self._main
+
+    async def start(self) -> None:
+        if self._main is not None:
+            return
+        self.health.set(COMPONENT, False, "starting")
+        self._stopping.clear()
+        await self.client.start()
+        self._producer = kafka.producer(self.settings.kafka)
+        await self._producer.start()
+        self._consumer = kafka.consumer(
+            self.settings.kafka, group_id=self.group_id, **self._consumer_options
+        )
+        await self._consumer.start()
+        self._consumer.subscribe([self.topics.batches], listener=_Listener(self))
+        self._main = asyncio.create_task(self._run(self._consumer), name="deliver")
+        self.health.set(COMPONENT, True)
+        log.info(
+            "delivering %s to %s (group %s)", self.topics.batches, self.client.url, self.group_id
+        )
+
+    async def stop(self) -> None:
+        """Stop fetching, finish or abandon in-flight requests within the bound, commit."""
+        if self._main is None or self._consumer is None:
+            return
+        main, consumer = self._main, self._consumer
+        deadline = asyncio.get_running_loop().time() + self.shutdown_timeout_s
+        self._stopping.set()
+        self.health.set(COMPONENT, False, "stopping")
+        done, _ = await asyncio.wait({main}, timeout=self.shutdown_timeout_s)
+        if not done:
+            main.cancel()
+            await asyncio.wait({main})
+        self._batcher.clear()
+        self._ready.clear()
+        left = max(0.0, deadline - asyncio.get_running_loop().time())
+        if self._tasks and left > 0:
+            log.info("waiting up to %.1f s for %d requests in flight", left, len(self._tasks))
+            await asyncio.wait(set(self._tasks), timeout=left)
+        await self._abandon()
+        await self._commit(force=True)
+        self._main = self._consumer = None
+        await consumer.stop()  # leaves the group
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        await self.client.stop()
+        if not main.cancelled() and main.exception() is not None:
+            log.error("delivery stopped after a failure: %r", main.exception())
+
+    async def __aenter__(self) -> Deliverer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            if self._failure is not None:
+                raise self._failure
+            self._launch()
+            if len(self._ready) >= self.max_in_flight:
+                # A request is queued for every slot: fetch nothing more until one frees.
+                await self._wait_for_slot(consumer)
+            elif self._ready:
+                # Every slot is busy: top the queue up from what is already fetched, so a
+                # freed slot is refilled at once, but do not wait for the broker.
+                if not await self._fetch(consumer, 0.0):
+                    await self._wait_for_slot(consumer)
+            else:
+                self._resume(consumer)
+                timeout = self.linger_s - self._batcher.age() if self._batcher else self.idle_poll_s
+                await self._fetch(consumer, max(0.0, timeout))
+            if self._batcher and self._batcher.age() >= self.linger_s:
+                request = self._batcher.flush()
+                if request:
+                    self._ready.append(request)
+            await self._commit()
+
+    async def _fetch(self, consumer: AIOKafkaConsumer, timeout_s: float) -> int:
+        """Take what the consumer has (waiting up to ``timeout_s``); return how many records."""
+        generation = self._generation
+        data = await consumer.getmany(
+            timeout_ms=int(timeout_s * 1000), max_records=self.max_poll_records
+        )
+        if not data:
+            return 0
+        if self._rebalancing or generation != self._generation:
+            # Fetched across a rebalance: these may already belong to the new assignment,
+            # whose position moved past them. Put the position back so they are read again.
+            assigned = consumer.assignment()
+            for tp, records in data.items():
+                if tp in assigned and records:
+                    consumer.seek(tp, records[0].offset)
+            return 0
+        rejected: list[tuple[Batch, str]] = []
+        add, ready, limit = self._batcher.add, self._ready, MAX_BATCH_BYTES
+        # No await in this loop: a rebalance cannot clear the state half-way through.
+        for tp, records in data.items():
+            self._tracker.fetched_many(tp, [record.offset for record in records])
+            for record in records:
+                value = record.value
+                # The common case inline ('{' ... '}', within the limit): once per batch.
+                if not (value and len(value) <= limit and value[0] == 123 and value[-1] == 125):
+                    rejected.append((record, reject_reason(value) or "not_json_object"))
+                    continue
+                request = add(record)
+                if request is not None:
+                    ready.append(request)
+        for batch, reason in rejected:
+            size = len(batch.value or b"")
+            await self._dead_letter(batch, reason, f"{size} bytes; not sent")
+            metrics.DL_BATCHES.labels("dead_lettered").inc()
+            if generation == self._generation:
+                self._tracker.finished(tp_of(batch), batch.offset)
+        return sum(len(records) for records in data.values())
+
+    async def _wait_for_slot(self, consumer: AIOKafkaConsumer) -> None:
+        self._slot_freed.clear()
+        try:
+            # asyncio.timeout, not wait_for: this runs once per request, and wait_for wraps
+            # the wait in a task of its own.
+            async with asyncio.timeout(self.blocked_poll_s):
+                await self._slot_freed.wait()
+        except TimeoutError:
+            # Blocked for a while: pause and poll, so the group keeps this member. Paused
+            # partitions drop what was prefetched; it is fetched again on resume.
+            if not self._paused and not self._rebalancing:
+                consumer.pause(*consumer.assignment())
+                self._paused = True
+                log.info("all %d requests in flight are waiting: fetching paused", len(self._tasks))
+            await self._fetch(consumer, 0.0)
+
+    def _resume(self, consumer: AIOKafkaConsumer) -> None:
+        if self._paused:
+            self._paused = False
+            consumer.resume(*consumer.assignment())
+
+    def _launch(self) -> None:
+        while self._ready and len(self._tasks) < self.max_in_flight and not self._rebalancing:
+            request = self._ready.popleft()
+            task = asyncio.create_task(self._deliver(request, self._generation))
+            self._tasks.add(task)
+            task.add_done_callback(self._request_done)
+        metrics.DL_IN_FLIGHT.set(len(self._tasks))
+
+    async def _deliver(self, request: list[Batch], generation: int) -> None:
+        await self.sender.send(request, self._dead_letter)
+        if generation == self._generation:
+            self._tracker.finished_all(request)
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        metrics.DL_IN_FLIGHT.set(len(self._tasks))
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            # Its batches would never finish and the commits would stall for good: stop
+            # instead, so that a restart sends them again.
+            self._failure = task.exception()
+            log.error("a delivery request failed: %r", self._failure)
+
+    async def _abandon(self) -> None:
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            log.info("abandoned %d requests in flight; their batches are not committed", len(tasks))
+            await asyncio.wait(tasks)
+
+    async def _dead_letter(self, batch: Batch, reason_code: str, reason: str) -> None:
+        """Write ``batch`` to the dead-letter topic, retrying until Kafka has it."""
+        assert self._producer is not None  # noqa: S101 -- only called between start and stop
+        letter = DeadLetter(
+            stage="deliver",
+            reason_code=reason_code,
+            reason=reason,
+            origin_topic=self.topics.batches,
+            key=batch.key,
+            value=batch.value or b"",
+            headers=batch.headers,
+        )
+        backoff = Backoff(0.2, self.backoff_max_s)
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    self.topics.dlq, letter.value, key=letter.key, headers=letter.headers
+                )
+            except KafkaError as exc:
+                log.warning("dead-letter write failed (%s); retrying", exc)
+                await asyncio.sleep(backoff.next())
+            else:
+                return
+
+    async def _commit(self, force: bool = False) -> None:
+        consumer = self._consumer
+        now = time.monotonic()
+        if consumer is None or (not force and now - self._committed_at < self.commit_interval_s):
+            return
+        self._committed_at = now
+        offsets = self._tracker.committable()
+        if not offsets:
+            return
+        generation = self._generation
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("offset commit failed (%s); the next one carries these", exc)
+            return
+        if generation == self._generation:
+            self._tracker.committed(offsets)
+
+    # --- rebalance ----------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._rebalancing = True
+        self._batcher.clear()
+        self._ready.clear()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.revoke_timeout_s)
+        await self._commit(force=True)
+        await self._abandon()
+        self._generation += 1
+        self._tracker.clear()
+        if revoked:
+            log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        # aiokafka starts every assigned partition from its committed offset.
+        self._generation += 1
+        self._tracker.clear()
+        self._batcher.clear()
+        self._ready.clear()
+        self._paused = False
+        self._rebalancing = False
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))

@@ -1,0 +1,116 @@
+"""Which offsets may be committed: per partition, the contiguous prefix of finished records.
+
+Requests finish out of order (retries, splits, several in flight), so a finished record
+is committed only once every record before it in its partition has finished too. After a
+crash everything past the committed offset is read and sent again, with the same bytes and
+the same ``source_request_id``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Protocol
+
+from aiokafka import TopicPartition
+
+
+class Positioned(Protocol):
+    """Anything that knows its topic, partition and offset (a fetched record)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+class PartitionProgress:
+    """Offsets of one partition in the order they were fetched, and which are finished."""
+
+    __slots__ = ("_done", "_order", "position")
+
+    def __init__(self) -> None:
+        self._order: deque[int] = deque()
+        self._done: set[int] = set()
+        # The offset to commit: one past the last record of the finished prefix.
+        self.position: int | None = None
+
+    def fetched(self, offset: int) -> None:
+        self._order.append(offset)
+
+    def fetched_many(self, offsets: Iterable[int]) -> None:
+        self._order.extend(offsets)
+
+    def finished(self, offset: int) -> None:
+        self._done.add(offset)
+
+    def advance(self) -> int | None:
+        """Move past the finished prefix; return the commit position (None if none yet)."""
+        order, done = self._order, self._done
+        while order and order[0] in done:
+            offset = order.popleft()
+            done.discard(offset)
+            # Offsets are not contiguous under read_committed (transaction markers), so the
+            # position is the last finished record + 1, not a count.
+            self.position = offset + 1
+        return self.position
+
+    def unfinished(self) -> int:
+        return len(self._order) - len(self._done)
+
+
+class OffsetTracker:
+    """Progress of every assigned partition and what has been committed already."""
+
+    def __init__(self) -> None:
+        self._parts: dict[TopicPartition, PartitionProgress] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    def _part(self, tp: TopicPartition) -> PartitionProgress:
+        part = self._parts.get(tp)
+        if part is None:
+            part = self._parts[tp] = PartitionProgress()
+        return part
+
+    def fetched(self, tp: TopicPartition, offset: int) -> None:
+        self._part(tp).fetched(offset)
+
+    def fetched_many(self, tp: TopicPartition, offsets: Iterable[int]) -> None:
+        """Offsets of one partition, in fetch order."""
+        self._part(tp).fetched_many(offsets)
+
+    def finished(self, tp: TopicPartition, offset: int) -> None:
+        part = self._parts.get(tp)
+        if part is not None:
+            part.finished(offset)
+
+    def finished_all(self, items: Iterable[Positioned]) -> None:
+        parts = self._parts
+        for item in items:
+            # TopicPartition is a named tuple: a plain tuple finds it without building one.
+            part = parts.get((item.topic, item.partition))
+            if part is not None:
+                part._done.add(item.offset)
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Positions that moved since the last :meth:`committed` call."""
+        out: dict[TopicPartition, int] = {}
+        for tp, part in self._parts.items():
+            position = part.advance()
+            if position is not None and position > self._committed.get(tp, -1):
+                out[tp] = position
+        return out
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        self._committed.update(offsets)
+
+    def unfinished(self) -> int:
+        """Records fetched and not finished yet, over every partition."""
+        return sum(p.unfinished() for p in self._parts.values())
+
+    def clear(self) -> None:
+        """Forget everything (after a rebalance positions restart from the commits)."""
+        self._parts.clear()
+        self._committed.clear()

@@ -1,0 +1,210 @@
+"""One bulk request carried to its end: every batch delivered or dead-lettered, none dropped.
+
+- 202: delivered.
+- 429: wait ``Retry-After`` (else backoff with jitter) and lower the client rate.
+- 5xx, timeouts, refused connections: exponential backoff with jitter, without limit by
+  default (``max_retries``), then the request is sent again byte for byte.
+- 400 (and other 4xx): the request is split in halves, recursively, until the batches
+  mParticle refuses are alone; those are dead-lettered with mParticle's answer.
+- 401/403: delivery pauses. Readiness goes false, ``DL_AUTH_FAILED`` is 1 and an ERROR is
+  logged; the request is tried again every ``auth_retry_s`` until the credentials work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from prometheus_client import Histogram
+
+from streamproc import metrics
+from streamproc.backoff import Backoff
+from streamproc.errors import (
+    AuthError,
+    BadRequest,
+    HttpError,
+    RateLimited,
+    ServerError,
+    StreamprocError,
+)
+from streamproc.health import Health
+from streamproc.kafka import H_ITEM_TIME, H_SOURCE
+from streamproc.sinks.mparticle.batcher import Batch, request_body, where
+from streamproc.sinks.mparticle.client import MParticleClient
+from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
+
+log = logging.getLogger(__name__)
+
+AUTH_COMPONENT = "mparticle_credentials"
+
+# (batch, reason code, reason): writes the batch to the dead-letter topic durably.
+DeadLetterFn = Callable[[Batch, str, str], Awaitable[None]]
+
+
+class Sender:
+    """Sends requests until resolved; shares the auth state across concurrent requests."""
+
+    def __init__(
+        self,
+        client: MParticleClient,
+        limiter: AdaptiveRateLimiter,
+        *,
+        health: Health,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 60.0,
+        auth_retry_s: float = 30.0,
+        max_retries: int | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.limiter = limiter
+        self.health = health
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.auth_retry_s = auth_retry_s
+        self.max_retries = max_retries
+        self._sleep = sleep
+        self.auth_failed = False
+        self._auth_logged_at = 0.0
+        self._delivered_count = metrics.DL_BATCHES.labels("delivered")
+        self._e2e: dict[bytes, Histogram] = {}
+        self._rng = random.Random()
+        health.set(AUTH_COMPONENT, True)
+        metrics.DL_AUTH_FAILED.set(0)
+
+    async def send(self, batches: Sequence[Batch], dead_letter: DeadLetterFn) -> None:
+        """Return once every batch is delivered or dead-lettered.
+
+        Raises only CancelledError (shutdown or rebalance), or what ``dead_letter`` raises;
+        the caller then must not treat the batches as finished.
+        """
+        body = request_body(batches)
+        # A shared generator: a Random() per request would seed from os.urandom each time.
+        backoff = Backoff(self.backoff_base_s, self.backoff_max_s, rng=self._rng)
+        failures = 0
+        while True:
+            await self.limiter.acquire(len(batches))
+            try:
+                answer = await self.client.post_bulk(body)
+            except AuthError as exc:
+                self._auth_refused(exc)
+                metrics.DL_RETRIES.labels("auth").inc()
+                await self._sleep(self.auth_retry_s)
+                continue
+            except BadRequest as exc:
+                # mParticle checks credentials first: a 400 means they work.
+                self._auth_accepted()
+                await self._split(batches, exc, dead_letter)
+                return
+            except StreamprocError as exc:
+                if not exc.retriable:
+                    raise
+                # 429, 5xx, timeouts, refused or reset connections.
+                failures += 1
+                if self.max_retries is not None and failures > self.max_retries:
+                    await self._give_up(batches, failures, exc, dead_letter)
+                    return
+                delay = self._retry_delay(exc, backoff)
+                await self._sleep(delay)
+                continue
+            self._auth_accepted()
+            self.limiter.on_accepted(answer.percent_used)
+            self._delivered(batches)
+            return
+
+    def _retry_delay(self, exc: StreamprocError, backoff: Backoff) -> float:
+        if isinstance(exc, RateLimited):
+            self.limiter.on_rate_limited()
+            delay = backoff.next(exc.retry_after)
+            metrics.DL_RETRIES.labels("rate_limited").inc()
+            log.info(
+                "mParticle rate limit (429): retry in %.2f s at %.0f batches/s",
+                delay,
+                self.limiter.rate,
+            )
+            return delay
+        delay = backoff.next()
+        reason = "server_error" if isinstance(exc, ServerError) else "transport"
+        metrics.DL_RETRIES.labels(reason).inc()
+        log.warning(
+            "mParticle request failed (%s); retry %d in %.2f s", exc, backoff.failures, delay
+        )
+        return delay
+
+    async def _split(
+        self, batches: Sequence[Batch], exc: HttpError, dead_letter: DeadLetterFn
+    ) -> None:
+        if len(batches) == 1:
+            log.warning(
+                "mParticle refused %s (HTTP %d): dead-lettered", where(batches[0]), exc.status
+            )
+            await dead_letter(batches[0], "rejected_by_mparticle", f"HTTP {exc.status}: {exc.body}")
+            metrics.DL_BATCHES.labels("dead_lettered").inc()
+            return
+        # Bisect: the halves that mParticle takes are delivered, the rest split further.
+        metrics.DL_RETRIES.labels("split").inc()
+        middle = len(batches) // 2
+        await self.send(batches[:middle], dead_letter)
+        await self.send(batches[middle:], dead_letter)
+
+    async def _give_up(
+        self,
+        batches: Sequence[Batch],
+        failures: int,
+        exc: StreamprocError,
+        dead_letter: DeadLetterFn,
+    ) -> None:
+        log.error(
+            "mParticle request failed %d times (%s): dead-lettering %d batches",
+            failures,
+            exc,
+            len(batches),
+        )
+        for batch in batches:
+            await dead_letter(batch, "retries_exhausted", f"{failures} attempts, last: {exc}")
+        metrics.DL_BATCHES.labels("dead_lettered").inc(len(batches))
+
+    def _delivered(self, batches: Sequence[Batch]) -> None:
+        self._delivered_count.inc(len(batches))
+        now_ms = time.time() * 1000
+        for batch in batches:
+            # One pass over the headers: this runs for every batch delivered.
+            item_ms, source = b"", b"unknown"
+            for name, value in batch.headers:
+                if name == H_ITEM_TIME:
+                    item_ms = value
+                elif name == H_SOURCE:
+                    source = value
+            if not item_ms.isdigit():
+                continue
+            histogram = self._e2e.get(source)
+            if histogram is None:
+                histogram = self._e2e[source] = metrics.END_TO_END.labels(
+                    source.decode("utf-8", "replace")
+                )
+            histogram.observe(max(0.0, now_ms - int(item_ms)) / 1000)
+
+    def _auth_refused(self, exc: AuthError) -> None:
+        now = time.monotonic()
+        if not self.auth_failed or now - self._auth_logged_at >= self.auth_retry_s:
+            log.error(
+                "mParticle REFUSES THE CREDENTIALS (HTTP %d): delivery is paused, nothing is "
+                "dropped or committed; retrying every %.0f s. Fix mparticle.api_key/api_secret.",
+                exc.status,
+                self.auth_retry_s,
+            )
+            self._auth_logged_at = now
+        if not self.auth_failed:
+            self.auth_failed = True
+            metrics.DL_AUTH_FAILED.set(1)
+            self.health.set(AUTH_COMPONENT, False, f"mParticle answers HTTP {exc.status}")
+
+    def _auth_accepted(self) -> None:
+        if self.auth_failed:
+            self.auth_failed = False
+            metrics.DL_AUTH_FAILED.set(0)
+            self.health.set(AUTH_COMPONENT, True)
+            log.warning("mParticle accepts the credentials again: delivery resumes")

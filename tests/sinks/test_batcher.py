@@ -1,0 +1,137 @@
+"""Packing batches into bulk requests within mParticle's limits; offset bookkeeping."""
+
+from __future__ import annotations
+
+import orjson
+from aiokafka import TopicPartition
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamproc.sinks.mparticle.batcher import (
+    MAX_BATCH_BYTES,
+    Batch,
+    Batcher,
+    Record,
+    reject_reason,
+    request_body,
+)
+from streamproc.sinks.mparticle.offsets import OffsetTracker
+
+TP = TopicPartition("t", 0)
+
+
+def batch(offset: int, size: int = 10) -> Batch:
+    value = b'{"a":"' + b"x" * max(0, size - 8) + b'"}'
+    return Record("t", 0, offset, None, value)
+
+
+def test_request_is_full_at_100_batches() -> None:
+    """The 100th batch completes a request; the 101st opens the next one."""
+    batcher = Batcher()
+    done = [batcher.add(batch(i)) for i in range(101)]
+    assert all(d is None for d in done[:99])
+    full = done[99]
+    assert full is not None
+    assert [b.offset for b in full] == list(range(100))
+    assert done[100] is None
+    assert len(batcher) == 1
+
+
+def test_request_stays_within_256_kib() -> None:
+    """A batch that would push the body past 256 KiB starts the next request."""
+    batcher = Batcher()
+    big = 100 * 1024
+    assert batcher.add(batch(0, big)) is None
+    assert batcher.add(batch(1, big)) is None
+    done = batcher.add(batch(2, big))
+    assert done is not None
+    assert [b.offset for b in done] == [0, 1]
+    assert len(request_body(done)) <= 256 * 1024
+    assert [b.offset for b in batcher.flush() or []] == [2]
+
+
+def test_body_is_the_record_bytes_joined() -> None:
+    """The request body is the records' bytes as a JSON array, unchanged."""
+    values = [b'{"a":1}', b'{"b": [2, 3]}']
+    body = request_body([Record("t", 0, i, None, v) for i, v in enumerate(values)])
+    assert body == b'[{"a":1},{"b": [2, 3]}]'
+    assert orjson.loads(body) == [{"a": 1}, {"b": [2, 3]}]
+
+
+def test_reject_reasons() -> None:
+    """Empty, over 128 KiB, or not a JSON object: refused before sending."""
+    assert reject_reason(None) == "empty_value"
+    assert reject_reason(b"{" + b" " * MAX_BATCH_BYTES + b"}") == "batch_too_large"
+    assert reject_reason(b"[1]") == "not_json_object"
+    assert reject_reason(b'{"a":1}') is None
+
+
+def test_age_and_flush() -> None:
+    """age() counts from the first batch of the open request; flush() empties it."""
+    now = [10.0]
+    batcher = Batcher(clock=lambda: now[0])
+    assert batcher.age() == 0.0
+    batcher.add(batch(0))
+    now[0] = 10.5
+    assert batcher.age() == 0.5
+    assert batcher.flush() is not None
+    assert batcher.flush() is None
+    assert batcher.age() == 0.0
+
+
+@given(st.lists(st.integers(min_value=1, max_value=MAX_BATCH_BYTES), max_size=300))
+def test_requests_keep_order_and_limits(sizes: list[int]) -> None:
+    """Every batch lands in exactly one request, in order, each request within the limits."""
+    batcher = Batcher()
+    requests: list[list[Batch]] = []
+    for i, size in enumerate(sizes):
+        done = batcher.add(batch(i, size))
+        if done:
+            requests.append(done)
+    rest = batcher.flush()
+    if rest:
+        requests.append(rest)
+    assert [b.offset for r in requests for b in r] == list(range(len(sizes)))
+    for request in requests:
+        assert 1 <= len(request) <= 100
+        assert len(request_body(request)) <= 256 * 1024
+
+
+def test_commit_only_the_contiguous_finished_prefix() -> None:
+    """A finished record is committed only when every earlier one in its partition is."""
+    tracker = OffsetTracker()
+    other = TopicPartition("t", 1)
+    for offset in (0, 1, 2, 4):  # 3 is a transaction marker: never fetched
+        tracker.fetched(TP, offset)
+    tracker.fetched(other, 7)
+    tracker.finished(TP, 1)
+    tracker.finished(other, 7)
+    assert tracker.committable() == {other: 8}
+    tracker.committed({other: 8})
+    tracker.finished(TP, 0)
+    tracker.finished(TP, 4)
+    assert tracker.committable() == {TP: 2}
+    tracker.committed({TP: 2})
+    assert tracker.unfinished() == 1
+    tracker.finished(TP, 2)
+    assert tracker.committable() == {TP: 5}
+    tracker.committed({TP: 5})
+    assert tracker.committable() == {}
+
+
+@given(st.permutations(list(range(30))))
+def test_commit_position_never_passes_an_unfinished_record(order: list[int]) -> None:
+    """Whatever order records finish in, the commit never skips an unfinished one."""
+    tracker = OffsetTracker()
+    for offset in range(30):
+        tracker.fetched(TP, offset)
+    finished: set[int] = set()
+    for offset in order:
+        tracker.finished(TP, offset)
+        finished.add(offset)
+        position = tracker.committable().get(TP)
+        if position is not None:
+            assert set(range(position)) <= finished
+            tracker.committed({TP: position})
+    assert tracker.committable() == {}
+    assert tracker.unfinished() == 0
