@@ -24,6 +24,7 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from streamproc import kafka, metrics, topics
 from streamproc.config import Settings
@@ -95,6 +96,11 @@ class LagMonitor:
                 await self.sample()
             except asyncio.CancelledError:
                 raise
+            except KafkaError as exc:
+                # Retriable (a coordinator not elected yet, a broker away): the next sample
+                # will do; the gauges keep their last values meanwhile.
+                level = logging.INFO if exc.retriable else logging.WARNING
+                log.log(level, "lag sample for group %s failed: %r", self.group, exc)
             except Exception:  # a failed sample must not stop the process
                 log.warning("lag sample for group %s failed", self.group, exc_info=True)
             await asyncio.sleep(self.interval_s)

@@ -18,7 +18,11 @@ from streamproc.config import KafkaSettings, Settings, TopicSettings
 # name -> module exporting `async def bench(settings) -> list[Row]`
 BENCHMARKS = {
     "kafka": "streamproc.bench.kafka_baseline",
+    "ticketmatic": "streamproc.bench.ticketmatic",
     "receiver": "streamproc.bench.receiver",
+    "mapper": "streamproc.bench.mapper",
+    "dedupe_memory": "streamproc.bench.dedupe_memory",
+    "deliver": "streamproc.bench.deliver",
 }
 
 

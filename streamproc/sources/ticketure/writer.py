@@ -117,12 +117,14 @@ class KafkaWriter:
         try:
             async with asyncio.timeout(self._produce_timeout_s):
                 for record, time_ms in accepted:
-                    key = record.order_key()
+                    # Without an order, the item id keeps a retried push on the same
+                    # partition, where the map stage's dedupe can see it.
+                    key = record.order_key() or f"item:{record.event_id}"
                     futures.append(
                         await producer.send(
                             topic,
                             ENCODER.encode(record),
-                            key=None if key is None else key.encode(),
+                            key=key.encode(),
                             headers=[
                                 (kafka.H_SOURCE, SOURCE),
                                 (kafka.H_SENDER, sender),
