@@ -516,9 +516,11 @@ class MapProcessor:
                 passed.append((key, value))
         if source not in (TICKETMATIC, TICKETURE):
             source = part.source
-        item_id = item_id_of(source, record.value or b"", header_id, account)
+        own_id = item_id_of(source, record.value or b"", header_id)
+        item_id = item_id_of(source, record.value or b"", own_id, account)
         passed.append((kafka.H_SOURCE, source.encode()))
-        passed.append((kafka.H_ITEM_ID, item_id.encode()))
+        # The header keeps the source's own id (the account travels in its own header).
+        passed.append((kafka.H_ITEM_ID, own_id.encode()))
         return source, item_id, account, passed, has_time
 
     def _outcome(
