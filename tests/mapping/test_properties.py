@@ -321,7 +321,7 @@ def test_any_bytes_give_an_outcome(
     check_outcome(map_record(source, raw, "1-0", "acme", ctx), ctx, check_batch)
 
 
-COVERAGE = settings(max_examples=400, database=None, deadline=None, derandomize=True)
+COVERAGE = settings(max_examples=1500, database=None, deadline=None, derandomize=True)
 CTX = MappingContext()
 
 
