@@ -304,3 +304,41 @@ def describe(settings: Settings) -> dict[str, Any]:
     """The settings as plain data with every secret shown as ``'***'``."""
     result: dict[str, Any] = msgspec.to_builtins(settings, enc_hook=_enc_hook)
     return result
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """``STREAMPROC_*`` variables that reproduce ``settings``, secrets revealed.
+
+    For handing settings to a child process (tests, benchmarks, ``make run``); never log
+    the result.
+    """
+    env: dict[str, str] = {}
+    for field in msgspec.structs.fields(Settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, msgspec.Struct):
+            for sub in msgspec.structs.fields(value):
+                raw = getattr(value, sub.name)
+                if raw is not None:
+                    env[env_name((field.name, sub.name))] = _env_text(raw)
+        elif value is not None:
+            env[env_name((field.name,))] = _env_text(value)
+    return env
+
+
+def _revealed(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return value.reveal()
+    if isinstance(value, list):
+        return [_revealed(v) for v in value]
+    if isinstance(value, msgspec.Struct):
+        return {f.name: _revealed(getattr(value, f.name)) for f in msgspec.structs.fields(value)}
+    return value
+
+
+def _env_text(value: Any) -> str:
+    plain = _revealed(value)
+    if isinstance(plain, str):
+        return plain
+    if isinstance(plain, bool):
+        return "true" if plain else "false"
+    return orjson.dumps(plain).decode()

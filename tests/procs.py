@@ -17,48 +17,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import IO
 
-import orjson
-
-from streamproc.config import Settings, describe
+from streamproc.config import Settings, to_env
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """Environment variables that reproduce ``settings`` (secrets revealed) plus ``extra``."""
+    """This environment without STREAMPROC_* variables, plus ``settings`` and ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
-    plain = describe(settings)
-    for section, value in plain.items():
-        if isinstance(value, dict):
-            for name, sub in value.items():
-                if sub is None:
-                    continue
-                env[f"STREAMPROC_{section.upper()}_{name.upper()}"] = _text(
-                    _reveal(getattr(getattr(settings, section), name))
-                )
-        elif value is not None:
-            env[f"STREAMPROC_{section.upper()}"] = _text(value)
+    env.update(to_env(settings))
     env.update(extra)
     return env
-
-
-def _reveal(value: object) -> object:
-    """Plain data with secrets as their real values (for a child process's environment)."""
-    from streamproc.config import Secret
-
-    if isinstance(value, Secret):
-        return value.reveal()
-    if isinstance(value, list):
-        return [_reveal(v) for v in value]
-    if hasattr(value, "__struct_fields__"):
-        return {f: _reveal(getattr(value, f)) for f in value.__struct_fields__}
-    return value
-
-
-def _text(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return orjson.dumps(value).decode()
 
 
 class Proc:

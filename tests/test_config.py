@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamproc.config import Secret, describe, load_settings
+from streamproc.config import Secret, describe, load_settings, to_env
 from streamproc.errors import ConfigError
 
 
@@ -97,3 +97,17 @@ def test_secrets_never_shown() -> None:
     assert isinstance(settings.kafka.sasl_password, Secret)
     assert settings.kafka.sasl_password.reveal() == "hunter2"
     assert describe(settings)["kafka"]["sasl_password"] == "***"
+
+
+def test_to_env_round_trips_every_setting() -> None:
+    """Settings written as STREAMPROC_* variables load back equal, secrets included."""
+    settings = load_settings(
+        env={
+            "STREAMPROC_TOPIC_PREFIX": "p.",
+            "STREAMPROC_KAFKA_SSL_CHECK_HOSTNAME": "false",
+            "STREAMPROC_MPARTICLE_API_SECRET": "mp",
+            "STREAMPROC_RECEIVER_SENDERS": '[{"name": "t", "key": "k", "secret": "s"}]',
+            "STREAMPROC_TICKETMATIC_EVENTTYPES": '["webshop:pageview"]',
+        }
+    )
+    assert load_settings(env=to_env(settings)) == settings

@@ -23,6 +23,7 @@ BENCHMARKS = {
     "mapper": "streamproc.bench.mapper",
     "dedupe_memory": "streamproc.bench.dedupe_memory",
     "deliver": "streamproc.bench.deliver",
+    "pipeline": "streamproc.bench.pipeline",
 }
 
 
