@@ -61,6 +61,7 @@ class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ssl_keyfile: str | None = None
     ssl_check_hostname: bool = True
     request_timeout_ms: int = 40_000
+    fetch_max_wait_ms: int = 100
     # A transaction left open by a crashed process blocks read_committed readers until
     # the broker aborts it: keep this short so recovery after a SIGKILL is quick.
     transaction_timeout_ms: int = 30_000
