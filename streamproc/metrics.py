@@ -29,7 +29,7 @@ DEAD_LETTERED = Counter(
 TM_POLLS = Counter(
     "streamproc_ticketmatic_polls_total",
     "Eventstream requests by outcome (ok, empty, rate_limited, server_error, "
-    "transport_error, auth_error, malformed).",
+    "transport_error, auth_error, client_error, malformed, error).",
     ["account", "outcome"],
 )
 TM_ITEMS = Counter(

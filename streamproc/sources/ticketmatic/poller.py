@@ -114,6 +114,9 @@ class AccountPoller:
         self.items_written = 0
         self._persisted_known_ms = 0
         self._component = f"ticketmatic:{account.name}"
+        # Counters exist from the start, so that rate()/increase() see their first event.
+        metrics.TM_GAPS.labels(account.name)
+        metrics.TM_GAP_SECONDS.labels(account.name)
 
     # --- the loop ---------------------------------------------------------------------
 

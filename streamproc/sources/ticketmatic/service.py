@@ -87,7 +87,7 @@ class PollService:
         try:
             await self.ownership.run(stop)
         finally:
-            await self.release(set(self.running))
+            await self.release(set(self.running), handed_over=False)
             await self.ownership.stop()
             await self.client.stop()
             self.health.set("poll-group", False, "stopped")
@@ -112,8 +112,11 @@ class PollService:
             self.running[name] = _Running(poller, stop, task)
         metrics.TM_ACTIVE.set(len(self.running))
 
-    async def release(self, names: Iterable[str]) -> None:
-        """Stop the named accounts' pollers; each finishes its transaction first."""
+    async def release(self, names: Iterable[str], *, handed_over: bool = True) -> None:
+        """Stop the named accounts' pollers; each finishes its transaction first.
+
+        ``handed_over``: another replica takes them, so their lag series go from here.
+        """
         stopping = [self.running.pop(n) for n in sorted(names) if n in self.running]
         for run in stopping:
             run.stop.set()
@@ -128,6 +131,12 @@ class PollService:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        for run in stopping if handed_over else ():
+            # The new owner reports this account's lag; a stale value here would mislead
+            # the alerts that take the minimum headroom per account.
+            for gauge in (metrics.TM_LAG, metrics.TM_HEADROOM):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(run.poller.account.name)
         metrics.TM_ACTIVE.set(len(self.running))
 
     async def _run_account(self, poller: AccountPoller, stop: asyncio.Event) -> None:
