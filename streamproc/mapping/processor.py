@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import time
 from collections import Counter
@@ -39,10 +38,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
-from aiokafka.partitioner import DefaultPartitioner
 
 from streamproc import kafka, metrics, topics
 from streamproc.backoff import Backoff
@@ -51,6 +48,8 @@ from streamproc.dedupe import Changes, DedupeState, changelog_key, encode_ids, i
 from streamproc.dlq import DeadLetter
 from streamproc.errors import ConfigError
 from streamproc.health import Health
+from streamproc.mapping.identity import TICKETMATIC, TICKETURE, item_id_of
+from streamproc.mapping.output import BatchOutput, PartitionCache, producer_abort
 from streamproc.mapping.router import (
     MapOutcome,
     Mapped,
@@ -64,18 +63,8 @@ from streamproc.topics import Topics
 log = logging.getLogger(__name__)
 
 COMPONENT = "map"
-TICKETMATIC, TICKETURE = "ticketmatic", "ticketure"
 Mapper = Callable[[str, bytes, str, str | None], MapOutcome]
 Hook = Callable[[TopicPartition], Awaitable[None]]
-
-
-class _IdOnly(msgspec.Struct):
-    id: str | int | None = None
-    event_id: str | None = None
-
-
-_ID_ONLY = msgspec.json.Decoder(_IdOnly)
-_PARTITIONER = DefaultPartitioner()
 
 
 class Part:
@@ -90,27 +79,6 @@ class Part:
         self.task: asyncio.Task[None] | None = None
         self.active = True  # False once revoked or failed: no new transaction starts
         self.paused = False  # paused because its queue is full
-
-
-def item_id_of(source: str, value: bytes, header_id: str | None, account: str | None = None) -> str:
-    """The item id: the header, else the item's own id, else a hash of its content.
-
-    Ticketmatic's ids number each account's stream on its own, so two accounts can hold
-    the same id: a Ticketmatic item is identified as ``<account>/<id>`` (for dedupe and for
-    ``source_request_id``), else two accounts' items would be taken for one.
-    """
-    if source == TICKETMATIC and account:
-        return f"{account}/{item_id_of(source, value, header_id)}"
-    if header_id:
-        return header_id
-    try:
-        ids = _ID_ONLY.decode(value)
-    except msgspec.DecodeError:
-        ids = _IdOnly()
-    own = ids.id if source == TICKETMATIC else ids.event_id
-    if own is not None and str(own):
-        return str(own)
-    return "sha256:" + hashlib.sha256(value).hexdigest()[:32]
 
 
 class MapProcessor:
@@ -169,7 +137,7 @@ class MapProcessor:
         self._fatal: BaseException | None = None
         self.fenced = 0  # commits refused because another producer took the partition over
         self.committed = 0  # source records whose transaction committed
-        self._partition_cache = _PartitionCache()
+        self._partition_cache = PartitionCache()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -433,7 +401,7 @@ class MapProcessor:
         truncated: Counter[str] = Counter()
         await producer.begin_transaction()
         partitions = await producer.partitions_for(self.topics.batches)
-        out = _Output(producer, self.topics.batches, partitions, self._partition_cache)
+        out = BatchOutput(producer, self.topics.batches, partitions, self._partition_cache)
         for record in records:
             source, item_id, account, passed, has_time = self._headers(part, record)
             outcome = self._outcome(source, record.value, item_id, account)
@@ -586,74 +554,6 @@ class MapProcessor:
 
 def _name(tp: TopicPartition) -> str:
     return f"{tp.topic}[{tp.partition}]"
-
-
-class _PartitionCache:
-    """Output partition by key: murmur2 in pure Python costs more than the rest of a record.
-
-    Keys (visitors, orders) repeat; the cache holds at most ``size`` of them and starts
-    over when full or when the partition count changes.
-    """
-
-    def __init__(self, size: int = 100_000) -> None:
-        self._size = size
-        self._partitions: list[int] = []
-        self._map: dict[bytes, int] = {}
-
-    def of(self, partitions: list[int]) -> dict[bytes, int]:
-        if partitions != self._partitions or len(self._map) >= self._size:
-            self._partitions, self._map = partitions, {}
-        return self._map
-
-
-class _Output:
-    """Record batches for one topic, built here per partition and handed over whole.
-
-    ``producer.send`` costs a coroutine, a future and a size estimate per record; building
-    the batches directly (``create_batch``/``send_batch``, the key hashed by the producer's
-    default partitioner, murmur2 as in Java) is about a third cheaper. Inside a transaction
-    the partitions join it as with ``send``; a failed batch fails the commit.
-    """
-
-    def __init__(
-        self,
-        producer: AIOKafkaProducer,
-        topic: str,
-        partitions: set[int],
-        cache: _PartitionCache,
-    ) -> None:
-        self._producer = producer
-        self._topic = topic
-        self._partitions = sorted(partitions)
-        self._builders: dict[int, Any] = {}
-        self._cache = cache.of(self._partitions)
-
-    async def add(self, key: bytes, value: bytes, headers: kafka.Headers) -> None:
-        partition = self._cache.get(key)
-        if partition is None:
-            partition = self._cache[key] = _PARTITIONER(key, self._partitions, self._partitions)
-        builder = self._builders.get(partition)
-        if builder is None:
-            builder = self._builders[partition] = self._producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-            # Full: hand it over and start the next one (a first record always fits).
-            await self._producer.send_batch(builder, self._topic, partition=partition)
-            builder = self._builders[partition] = self._producer.create_batch()
-            builder.append(key=key, value=value, timestamp=None, headers=headers)
-
-    async def flush(self) -> None:
-        builders, self._builders = self._builders, {}
-        for partition, builder in builders.items():
-            await self._producer.send_batch(builder, self._topic, partition=partition)
-
-
-async def producer_abort(producer: AIOKafkaProducer) -> None:
-    """Abort the open transaction, if the producer is still able to."""
-    try:
-        await producer.abort_transaction()
-    except AssertionError:
-        # aiokafka asserts on a state transition it does not allow (no open transaction).
-        return
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

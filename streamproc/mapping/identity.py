@@ -1,0 +1,38 @@
+"""Which item a source record carries: the id that dedupe and ``source_request_id`` use."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+TICKETMATIC, TICKETURE = "ticketmatic", "ticketure"
+
+
+class _IdOnly(msgspec.Struct):
+    id: str | int | None = None
+    event_id: str | None = None
+
+
+_ID_ONLY = msgspec.json.Decoder(_IdOnly)
+
+
+def item_id_of(source: str, value: bytes, header_id: str | None, account: str | None = None) -> str:
+    """The item id: the header, else the item's own id, else a hash of its content.
+
+    Ticketmatic's ids number each account's stream on its own, so two accounts can hold
+    the same id: a Ticketmatic item is identified as ``<account>/<id>`` (for dedupe and for
+    ``source_request_id``), else two accounts' items would be taken for one.
+    """
+    if source == TICKETMATIC and account:
+        return f"{account}/{item_id_of(source, value, header_id)}"
+    if header_id:
+        return header_id
+    try:
+        ids = _ID_ONLY.decode(value)
+    except msgspec.DecodeError:
+        ids = _IdOnly()
+    own = ids.id if source == TICKETMATIC else ids.event_id
+    if own is not None and str(own):
+        return str(own)
+    return "sha256:" + hashlib.sha256(value).hexdigest()[:32]
