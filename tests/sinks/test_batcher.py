@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from aiokafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
@@ -135,3 +136,47 @@ def test_commit_position_never_passes_an_unfinished_record(order: list[int]) -> 
             tracker.committed({TP: position})
     assert tracker.committable() == {}
     assert tracker.unfinished() == 0
+
+
+@given(
+    st.lists(st.integers(min_value=2, max_value=120), max_size=60),
+    st.integers(min_value=1, max_value=7),
+    st.integers(min_value=122, max_value=400),
+)
+def test_add_all_packs_exactly_as_add_one_by_one(
+    sizes: list[int], max_batches: int, max_bytes: int
+) -> None:
+    """``add_all`` completes the same requests as ``add`` per batch and leaves the same open."""
+    batches = [batch(i, size) for i, size in enumerate(sizes)]
+    one, many = Batcher(max_batches, max_bytes), Batcher(max_batches, max_bytes)
+    expected = [r for r in (one.add(b) for b in batches) if r is not None]
+    got: list[list[Batch]] = []
+    many.add_all(batches[: len(batches) // 2], got)
+    many.add_all(batches[len(batches) // 2 :], got)
+    assert got == expected
+    assert many.flush() == one.flush()
+    for request in got:
+        assert len(request_body(request)) <= max_bytes
+
+
+def test_add_all_refuses_a_batch_larger_than_a_request() -> None:
+    """A batch that can never fit raises; what was added before it stays in the batcher."""
+    batcher = Batcher(max_bytes=100)
+    got: list[list[Batch]] = []
+    with pytest.raises(ValueError, match="larger than a request"):
+        batcher.add_all([batch(0, 20), batch(1, 99)], got)
+    assert got == []
+    assert len(batcher) == 1
+
+
+def test_finished_all_marks_runs_of_several_partitions() -> None:
+    """Records of interleaved partitions are each marked; untracked partitions are ignored."""
+    tracker = OffsetTracker()
+    other = TopicPartition("t", 1)
+    tracker.fetched_all(TP, [Record("t", 0, o, None, b"{}") for o in (0, 1, 2)])
+    tracker.fetched_all(other, [Record("t", 1, o, None, b"{}") for o in (5, 6)])
+    tracker.finished_all(
+        [Record("t", p, o, None, b"{}") for p, o in ((0, 0), (1, 5), (0, 1), (9, 3), (1, 6))]
+    )
+    assert tracker.committable() == {TP: 2, other: 7}
+    assert tracker.unfinished() == 1

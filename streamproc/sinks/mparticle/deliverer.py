@@ -245,19 +245,29 @@ class Deliverer:
                     consumer.seek(tp, records[0].offset)
             return 0
         rejected: list[tuple[Batch, str]] = []
-        add, ready, limit = self._batcher.add, self._ready, MAX_BATCH_BYTES
+        full: list[list[Batch]] = []
+        limit = MAX_BATCH_BYTES
         # No await in this loop: a rebalance cannot clear the state half-way through.
         for tp, records in data.items():
-            self._tracker.fetched_many(tp, [record.offset for record in records])
-            for record in records:
-                value = record.value
-                # The common case inline ('{' ... '}', within the limit): once per batch.
-                if not (value and len(value) <= limit and value[0] == 123 and value[-1] == 125):
-                    rejected.append((record, reject_reason(value) or "not_json_object"))
-                    continue
-                request = add(record)
-                if request is not None:
-                    ready.append(request)
+            self._tracker.fetched_all(tp, records)
+            # The common case inline ('{' ... '}', within the limit): once per batch.
+            postable = [
+                record
+                for record in records
+                if (value := record.value)
+                and len(value) <= limit
+                and value[0] == 123
+                and value[-1] == 125
+            ]
+            if len(postable) != len(records):
+                accepted = {id(record) for record in postable}
+                rejected += [
+                    (record, reject_reason(record.value) or "not_json_object")
+                    for record in records
+                    if id(record) not in accepted
+                ]
+            self._batcher.add_all(postable, full)
+        self._ready.extend(full)
         for batch, reason in rejected:
             size = len(batch.value or b"")
             await self._dead_letter(batch, reason, f"{size} bytes; not sent")
@@ -302,13 +312,18 @@ class Deliverer:
 
     def _request_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        metrics.DL_IN_FLIGHT.set(len(self._tasks))
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None and self._failure is None:
             # Its batches would never finish and the commits would stall for good: stop
             # instead, so that a restart sends them again.
             self._failure = task.exception()
             log.error("a delivery request failed: %r", self._failure)
+        if self._failure is None and not self._stopping.is_set():
+            # Refill the slot now rather than when the loop next wakes: it may be busy
+            # decoding a fetch, and mParticle would wait for the next request meanwhile.
+            self._launch()
+        else:
+            metrics.DL_IN_FLIGHT.set(len(self._tasks))
 
     async def _abandon(self) -> None:
         tasks = set(self._tasks)
