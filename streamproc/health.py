@@ -8,11 +8,12 @@ the event loop runs.
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from streamproc.lifecycle import Service
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class Health:
         return {name: {"ready": ok, "reason": why} for name, (ok, why) in self._state.items()}
 
 
-class HealthServer:
+class HealthServer(Service):
     """An aiohttp server for the three endpoints; ``start``/``stop`` are idempotent."""
 
     def __init__(self, health: Health, host: str, port: int) -> None:
@@ -75,15 +76,3 @@ class HealthServer:
             return
         runner, self._runner = self._runner, None
         await runner.cleanup()
-
-    async def __aenter__(self) -> HealthServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

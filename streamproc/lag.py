@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -28,11 +27,12 @@ from aiokafka.errors import KafkaError
 
 from streamproc import kafka, metrics, topics
 from streamproc.config import Settings
+from streamproc.lifecycle import Service
 
 log = logging.getLogger(__name__)
 
 
-class LagMonitor:
+class LagMonitor(Service):
     """Samples one consumer group's lag and headroom into the ``streamproc_consumer_*`` gauges.
 
     ``start()``/``stop()`` are idempotent; ``sample()`` takes one reading now (tests use it).
@@ -77,18 +77,6 @@ class LagMonitor:
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
-
-    async def __aenter__(self) -> LagMonitor:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _run(self) -> None:
         while True:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Self
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -27,3 +28,24 @@ async def wait_any(stop: asyncio.Event, *tasks: asyncio.Task[object]) -> None:
     for task in done:
         if task is not waiter and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+class Service:
+    """``async with`` for a long-lived component with idempotent ``start()``/``stop()``.
+
+    Entering starts it, leaving stops it, whatever ended the block (as aiokafka's clients
+    do). Subclasses implement ``start`` and ``stop``; both must be safe to call twice.
+    """
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()

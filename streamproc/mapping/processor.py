@@ -35,7 +35,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -48,6 +47,7 @@ from streamproc.dedupe import Changes, DedupeState, changelog_key, encode_ids, i
 from streamproc.dlq import DeadLetter
 from streamproc.errors import ConfigError
 from streamproc.health import Health
+from streamproc.lifecycle import Service
 from streamproc.mapping.identity import TICKETMATIC, TICKETURE, item_id_of
 from streamproc.mapping.output import BatchOutput, PartitionCache, producer_abort
 from streamproc.mapping.router import (
@@ -81,7 +81,7 @@ class Part:
         self.paused = False  # paused because its queue is full
 
 
-class MapProcessor:
+class MapProcessor(Service):
     """``streamproc map`` as a component: ``async with`` it, then ``await run(stop)``.
 
     Durations are parameters so tests run without sleeping. ``before_commit`` is awaited
@@ -177,18 +177,6 @@ class MapProcessor:
             await self._restorer.stop()
         metrics.DEDUPE_SIZE.set(0)
         self.health.set(COMPONENT, False, "stopped")
-
-    async def __aenter__(self) -> MapProcessor:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll and dispatch until ``stop`` is set; raise what made a partition give up."""

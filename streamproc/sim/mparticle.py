@@ -41,7 +41,6 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import msgspec
@@ -53,7 +52,7 @@ from jsonschema.validators import validator_for
 
 from streamproc.config import Settings
 from streamproc.errors import ConfigError
-from streamproc.lifecycle import stop_on_signals
+from streamproc.lifecycle import Service, stop_on_signals
 from streamproc.schemas import load_schema
 
 log = logging.getLogger(__name__)
@@ -161,7 +160,7 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
     )
 
 
-class MParticleSim:
+class MParticleSim(Service):
     """The simulator as an object: ``async with MParticleSim(...) as sim: sim.url``."""
 
     def __init__(
@@ -284,18 +283,6 @@ class MParticleSim:
             return
         runner, self._runner = self._runner, None
         await runner.cleanup()
-
-    async def __aenter__(self) -> MParticleSim:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # --- the API ------------------------------------------------------------------------
 

@@ -29,14 +29,13 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from types import TracebackType
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from streamproc.config import RETENTION_4H_S, Settings
-from streamproc.lifecycle import stop_on_signals
+from streamproc.lifecycle import Service, stop_on_signals
 from streamproc.sim.eventstream import (
     Fault,
     NextId,
@@ -60,7 +59,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     )
 
 
-class TicketmaticSim:
+class TicketmaticSim(Service):
     """The simulator as an aiohttp server; ``start``/``stop`` are idempotent.
 
     ``port=0`` picks a free port (see ``url`` after ``start``). ``rate`` items per second
@@ -140,18 +139,6 @@ class TicketmaticSim:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
-
-    async def __aenter__(self) -> TicketmaticSim:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # --- data and faults ------------------------------------------------------------------
 

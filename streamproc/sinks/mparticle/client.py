@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import base64
 import time
-from types import TracebackType
 
 import aiohttp
 import msgspec
 
 from streamproc import metrics
 from streamproc.errors import TransportError, http_error, parse_retry_after
+from streamproc.lifecycle import Service
 
 BULK_PATH = "/v2/bulkevents"
 H_PERCENT_USED = "X-mp-rate-limit-percentage-used"
@@ -36,7 +36,7 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-class MParticleClient:
+class MParticleClient(Service):
     """POSTs bulk request bodies to ``{base_url}/v2/bulkevents`` with HTTP basic auth.
 
     ``start``/``stop`` are idempotent. The credentials live only in the prepared
@@ -81,18 +81,6 @@ class MParticleClient:
             return
         session, self._session = self._session, None
         await session.close()
-
-    async def __aenter__(self) -> MParticleClient:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def post_bulk(self, body: bytes) -> Accepted:
         """POST one bulk request; return the 2xx answer or raise the matching error."""

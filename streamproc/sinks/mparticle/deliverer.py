@@ -23,7 +23,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -34,6 +33,7 @@ from streamproc.backoff import Backoff
 from streamproc.config import Settings
 from streamproc.dlq import DeadLetter
 from streamproc.health import Health
+from streamproc.lifecycle import Service
 from streamproc.sinks.mparticle.batcher import (
     MAX_BATCH_BYTES,
     Batch,
@@ -66,7 +66,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self._deliverer._on_assigned(assigned)
 
 
-class Deliverer:
+class Deliverer(Service):
     """``streamproc deliver``'s engine; ``start``/``stop`` are idempotent.
 
     ``task`` ends only if delivery fails for good (a bug or an error that cannot be
@@ -190,18 +190,6 @@ class Deliverer:
         await self.client.stop()
         if not main.cancelled() and main.exception() is not None:
             log.error("delivery stopped after a failure: %r", main.exception())
-
-    async def __aenter__(self) -> Deliverer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # --- the loop -----------------------------------------------------------------------
 

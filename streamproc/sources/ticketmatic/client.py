@@ -11,7 +11,6 @@ a page: not JSON, missing keys, wrong types).
 
 from __future__ import annotations
 
-from types import TracebackType
 from urllib.parse import quote
 
 import aiohttp
@@ -19,6 +18,7 @@ import msgspec
 
 from streamproc.config import TicketmaticAccount
 from streamproc.errors import DecodeError, TransportError, http_error, parse_retry_after
+from streamproc.lifecycle import Service
 from streamproc.sources.ticketmatic import auth
 from streamproc.sources.ticketmatic.items import EventstreamPage
 
@@ -38,7 +38,7 @@ def decode_page(body: bytes) -> EventstreamPage:
         raise DecodeError("page", f"not JSON: {exc}") from None
 
 
-class EventstreamClient:
+class EventstreamClient(Service):
     """Fetches eventstream pages over one kept-alive aiohttp session.
 
     ``start()``/``stop()`` are idempotent; ``async with`` works too. Requests carry a
@@ -62,18 +62,6 @@ class EventstreamClient:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
-
-    async def __aenter__(self) -> EventstreamClient:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def url(self, account: str) -> str:
         return f"{self.base_url}/api/1/{quote(account, safe='')}/eventstream"

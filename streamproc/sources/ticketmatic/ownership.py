@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
 from streamproc import kafka
 from streamproc.config import Settings
+from streamproc.lifecycle import Service
 from streamproc.sources.ticketmatic.cursor import cursor_partition
 from streamproc.topics import Topics
 
@@ -36,7 +36,7 @@ def group_id(settings: Settings) -> str:
     return f"{settings.topic_prefix}streamproc-poll"
 
 
-class Ownership:
+class Ownership(Service):
     """Group membership that calls ``acquire(accounts)`` and ``release(accounts)``.
 
     ``release`` is awaited before the partitions go to another replica, so it must stop
@@ -99,18 +99,6 @@ class Ownership:
             return
         consumer, self._consumer = self._consumer, None
         await consumer.stop()
-
-    async def __aenter__(self) -> Ownership:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

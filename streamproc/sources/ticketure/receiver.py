@@ -21,7 +21,6 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
 import orjson
 from aiohttp import web
@@ -32,6 +31,7 @@ from streamproc.config import Settings
 from streamproc.dlq import DeadLetter
 from streamproc.errors import DecodeError, TransportError
 from streamproc.health import Health
+from streamproc.lifecycle import Service
 from streamproc.sources.ticketure import audit_shape, mparticle_shape
 from streamproc.sources.ticketure.auth import Authenticator, Verdict
 from streamproc.sources.ticketure.writer import SOURCE, KafkaWriter, RecordTooLarge
@@ -83,7 +83,7 @@ class Rejected(Exception):
         )
 
 
-class Receiver:
+class Receiver(Service):
     """The HTTP server and its Kafka writer; ``start``/``stop`` idempotent, ``async with``.
 
     ``port=0`` binds a free port (see :attr:`port`). ``stop()`` stops accepting, lets the
@@ -159,18 +159,6 @@ class Receiver:
         await runner.cleanup()
         await self.writer.stop()
         log.info("receiver stopped")
-
-    async def __aenter__(self) -> Receiver:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # --- one request ----------------------------------------------------------------
 

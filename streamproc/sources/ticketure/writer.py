@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
@@ -28,6 +27,7 @@ from streamproc.config import Settings
 from streamproc.dlq import DeadLetter
 from streamproc.errors import StreamprocError, TransportError
 from streamproc.health import Health
+from streamproc.lifecycle import Service
 from streamproc.sources.ticketure.audit_shape import Accepted
 from streamproc.sources.ticketure.records import ENCODER
 from streamproc.topics import Topics
@@ -43,7 +43,7 @@ class RecordTooLarge(StreamprocError):
     """A record Kafka would never take (over ``max_request_size``): retrying cannot help."""
 
 
-class KafkaWriter:
+class KafkaWriter(Service):
     """One producer for the receiver's records and dead letters; ``start``/``stop`` idempotent."""
 
     def __init__(
@@ -89,18 +89,6 @@ class KafkaWriter:
         self._producer = None
         self._up = False
         self._health.set(COMPONENT, False, "stopped")
-
-    async def __aenter__(self) -> KafkaWriter:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def write(self, sender: bytes, accepted: list[Accepted], received_ms: int) -> None:
         """Send every record, then wait for all acknowledgements.
