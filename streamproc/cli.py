@@ -19,7 +19,7 @@ from types import ModuleType
 import orjson
 
 from streamproc import config, topics
-from streamproc.errors import ConfigError, NotImplementedCommandError
+from streamproc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_topics(settings, path[1]))
         assert module is not None  # noqa: S101 -- every other path is in COMMANDS
         code: int = asyncio.run(module.command(settings, args))
-    except NotImplementedCommandError as exc:
-        print(f"streamproc {' '.join(path)}: {exc}", file=sys.stderr)
-        return 2
     except ConfigError as exc:
         print(f"streamproc: {exc}", file=sys.stderr)
         return 2

@@ -23,10 +23,6 @@ class ConfigError(StreamprocError):
         self.reason = reason
 
 
-class NotImplementedCommandError(StreamprocError):
-    """A CLI command that a later release fills in."""
-
-
 class DecodeError(StreamprocError):
     """Input that cannot be decoded; ``field`` names where, ``reason`` says why."""
 

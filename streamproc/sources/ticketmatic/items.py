@@ -93,10 +93,6 @@ def parse_item_id(item_id: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def format_item_id(key: tuple[int, int]) -> str:
-    return f"{key[0]}-{key[1]}"
-
-
 def parse_ts(ts: str) -> datetime:
     """ISO 8601 in UTC, with or without an offset (``+0000``, ``+00:00``, ``Z``)."""
     text = ts.strip().upper()
