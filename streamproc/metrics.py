@@ -7,7 +7,92 @@ these names.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import math
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
+
+
+class RepeatSeries:
+    """One label combination of a :class:`RepeatHistogram`."""
+
+    __slots__ = ("_counts", "_lock", "_upper", "sum")
+
+    def __init__(self, upper: Sequence[float], lock: threading.Lock) -> None:
+        self._upper = upper
+        self._lock = lock
+        self._counts = [0] * len(upper)
+        self.sum = 0.0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        """Record ``value`` ``times`` times (as many ``observe(value)`` calls would)."""
+        index = bisect_left(self._upper, value)  # the first bucket with value <= le
+        with self._lock:
+            self._counts[index] += times
+            self.sum += value * times
+
+    def cumulative(self) -> list[int]:
+        total, out = 0, []
+        for count in self._counts:
+            total += count
+            out.append(total)
+        return out
+
+
+class RepeatHistogram:
+    """A labelled histogram whose ``observe`` takes one value several times in one call.
+
+    Exposed exactly as a prometheus_client ``Histogram`` (``_bucket``, ``_count``, ``_sum``).
+    Delivery observes every batch it delivers, and the batches of one request share a few
+    item times: one call per distinct time instead of two locked increments per batch.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Iterable[str],
+        buckets: Iterable[float],
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        upper = sorted(float(b) for b in buckets)
+        if not upper or upper[-1] != math.inf:
+            upper.append(math.inf)
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._upper = tuple(upper)
+        # As prometheus_client writes them: 0.05, 1.0, +Inf.
+        self._le = [("+Inf" if le == math.inf else repr(le)) for le in upper]
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], RepeatSeries] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def labels(self, *values: str) -> RepeatSeries:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        series = self._series.get(values)
+        if series is None:
+            with self._lock:
+                series = self._series.setdefault(values, RepeatSeries(self._upper, self._lock))
+        return series
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            snapshot = [(k, s.cumulative(), s.sum) for k, s in self._series.items()]
+        for key, cumulative, total in snapshot:
+            buckets = list(zip(self._le, cumulative, strict=True))
+            family.add_metric(list(key), buckets, total)
+        yield family
+
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
@@ -113,11 +198,11 @@ DL_AUTH_FAILED = Gauge(
     "streamproc_deliver_auth_failed",
     "1 while mParticle refuses the credentials (401/403) and delivery is paused.",
 )
-END_TO_END = Histogram(
+END_TO_END = RepeatHistogram(
     "streamproc_end_to_end_seconds",
     "From an item's own time to mParticle's 202.",
     ["source"],
-    buckets=E2E_BUCKETS,
+    E2E_BUCKETS,
 )
 
 # --- consumer groups: lag against the retention window ----------------------------------

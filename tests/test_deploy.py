@@ -249,6 +249,10 @@ def streamproc_metrics() -> dict[str, Metric]:
         obj._name: frozenset(obj._labelnames)
         for obj in vars(metrics).values()
         if isinstance(obj, MetricWrapperBase)
+    } | {
+        obj.name: frozenset(obj.labelnames)
+        for obj in vars(metrics).values()
+        if isinstance(obj, metrics.RepeatHistogram)
     }
     by_series: dict[str, Metric] = {}
     for family in REGISTRY.collect():

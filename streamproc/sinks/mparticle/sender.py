@@ -16,9 +16,8 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-
-from prometheus_client import Histogram
 
 from streamproc import metrics
 from streamproc.backoff import Backoff
@@ -32,6 +31,7 @@ from streamproc.errors import (
 )
 from streamproc.health import Health
 from streamproc.kafka import H_ITEM_TIME, H_SOURCE
+from streamproc.metrics import RepeatSeries
 from streamproc.sinks.mparticle.batcher import Batch, request_body, where
 from streamproc.sinks.mparticle.client import MParticleClient
 from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
@@ -70,7 +70,7 @@ class Sender:
         self.auth_failed = False
         self._auth_logged_at = 0.0
         self._delivered_count = metrics.DL_BATCHES.labels("delivered")
-        self._e2e: dict[bytes, Histogram] = {}
+        self._e2e: dict[bytes, RepeatSeries] = {}
         self._rng = random.Random()
         health.set(AUTH_COMPONENT, True)
         metrics.DL_AUTH_FAILED.set(0)
@@ -169,13 +169,11 @@ class Sender:
 
     def _delivered(self, batches: Sequence[Batch]) -> None:
         self._delivered_count.inc(len(batches))
-        now_ms = time.time() * 1000
-        # Every batch is observed on its own (the histogram counts batches), but the header
-        # values of one request repeat: the source's observe and each distinct item time's
-        # age are worked out once per request. This runs for every batch delivered.
-        observers: dict[bytes, Callable[[float], None]] = {}
-        ages: dict[bytes, float] = {}
-        e2e, item_time, source_name = self._e2e, H_ITEM_TIME, H_SOURCE
+        # Every batch counts in the histogram, but the batches of one request share a few
+        # (source, item time) pairs: count them, then observe each pair once, that many
+        # times. This runs for every batch delivered.
+        times: Counter[tuple[bytes, bytes]] = Counter()
+        item_time, source_name = H_ITEM_TIME, H_SOURCE
         for batch in batches:
             item_ms, source = b"", b"unknown"
             for name, value in batch.headers:
@@ -183,20 +181,18 @@ class Sender:
                     item_ms = value
                 elif name == source_name:
                     source = value
-            age = ages.get(item_ms)
-            if age is None:
-                if not item_ms.isdigit():
-                    continue
-                age = ages[item_ms] = max(0.0, now_ms - int(item_ms)) / 1000
-            observe = observers.get(source)
-            if observe is None:
-                histogram = e2e.get(source)
-                if histogram is None:
-                    histogram = e2e[source] = metrics.END_TO_END.labels(
-                        source.decode("utf-8", "replace")
-                    )
-                observe = observers[source] = histogram.observe
-            observe(age)
+            times[source, item_ms] += 1
+        now_ms = time.time() * 1000
+        for (source, item_ms), count in times.items():
+            if item_ms.isdigit():
+                self._histogram(source).observe(max(0.0, now_ms - int(item_ms)) / 1000, count)
+
+    def _histogram(self, source: bytes) -> RepeatSeries:
+        histogram = self._e2e.get(source)
+        if histogram is None:
+            label = source.decode("utf-8", "replace")
+            histogram = self._e2e[source] = metrics.END_TO_END.labels(label)
+        return histogram
 
     def _auth_refused(self, exc: AuthError) -> None:
         now = time.monotonic()
