@@ -9,8 +9,11 @@ and without a rate limit; the deliverer's client-side limit is raised for the sa
 mParticle's 270 batches per second is enforced by the limiter, not by slowness.
 
 Rates are taken from the simulator's own clock (first to last batch stored), so process
-start-up and the group join are not counted against the deliverer. The two runs alternate
-``ROUNDS`` times and the medians are reported, so that other load on the machine weighs on both.
+start-up and the group join are not counted against the deliverer. The two runs alternate:
+one pair to warm up (not counted), then ``ROUNDS`` pairs. The share of the ceiling is the
+median of each pair's ratio, so that drifts in the speed of a shared VM weigh on both sides
+alike. The CPU time that the deliverer and the simulator spend per batch while delivering
+(from ``/proc``) is reported too: it tells a slow deliverer from a starved one.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import statistics
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -34,7 +37,7 @@ from streamproc.localkafka import free_port
 from streamproc.topics import Topics
 
 BATCHES = 100_000
-ROUNDS = 5
+ROUNDS = 7
 PER_REQUEST = 100
 API_KEY, API_SECRET = "bench-key", "bench-secret"
 NAMESPACE = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")
@@ -117,6 +120,23 @@ async def _stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
         return data
 
 
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (Linux)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _wait_started(http: aiohttp.ClientSession, url: str, timeout_s: float) -> int:
+    """Wait until the simulator has stored a batch; return how many it has."""
+    deadline = time.monotonic() + timeout_s
+    while (stored := int((await _stats(http, url))["batches_stored"])) == 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no batch delivered in {timeout_s} s")
+        await asyncio.sleep(0.01)
+    return stored
+
+
 async def _wait_stored(http: aiohttp.ClientSession, url: str, n: int, timeout_s: float) -> float:
     """Events per second by the simulator's clock, once ``n`` batches are stored."""
     deadline = time.monotonic() + timeout_s
@@ -153,10 +173,17 @@ async def _reset(http: aiohttp.ClientSession, url: str) -> None:
         response.raise_for_status()
 
 
+class DeliverRound(NamedTuple):
+    rate: float  # events/s by the simulator's clock
+    repeats: int  # batches the simulator received twice
+    deliver_us: float  # CPU µs per batch of the deliver process
+    sim_us: float  # CPU µs per batch of the simulator, meanwhile
+
+
 async def _deliver_once(
-    settings: Settings, http: aiohttp.ClientSession, url: str, group: str, in_flight: int
-) -> tuple[float, int]:
-    """One ``streamproc deliver`` process over the whole topic: (events/s, repeats)."""
+    settings: Settings, http: aiohttp.ClientSession, sim: int, url: str, group: str, in_flight: int
+) -> DeliverRound:
+    """One ``streamproc deliver`` process over the whole topic."""
     env = _env(
         settings,
         STREAMPROC_MPARTICLE_BASE_URL=url,
@@ -168,8 +195,13 @@ async def _deliver_once(
     command = [sys.executable, "-m", "streamproc.cli", "deliver", "--group-id", group]
     proc = await asyncio.create_subprocess_exec(*command, env=env)
     try:
+        first = await _wait_started(http, url, 120)
+        cpu = _cpu_s(proc.pid), _cpu_s(sim)
         rate = await _wait_stored(http, url, BATCHES, 600)
-        return rate, int((await _stats(http, url))["duplicates"])
+        deliver_s, sim_s = _cpu_s(proc.pid) - cpu[0], _cpu_s(sim) - cpu[1]
+        per_batch = 1e6 / (BATCHES - first)
+        repeats = int((await _stats(http, url))["duplicates"])
+        return DeliverRound(rate, repeats, deliver_s * per_batch, sim_s * per_batch)
     finally:
         proc.terminate()
         await proc.wait()
@@ -178,9 +210,8 @@ async def _deliver_once(
 async def bench(settings: Settings) -> list[Row]:
     """Events/s delivered by one deliver process, and by the bare client (the ceiling).
 
-    The two alternate ``ROUNDS`` times (each deliver round a fresh consumer group over the
-    same records) and the medians are reported: other load on the machine then weighs on
-    both alike.
+    The two alternate (each deliver round a fresh consumer group over the same records):
+    one pair to warm up, then ``ROUNDS`` pairs whose medians are reported.
     """
     values = [_batch(i) for i in range(BATCHES)]
     await _produce(settings, values)
@@ -198,34 +229,38 @@ async def bench(settings: Settings) -> list[Row]:
         stdout=asyncio.subprocess.PIPE,
     )
     ceilings: list[float] = []
-    delivered: list[float] = []
-    repeats = 0
+    rounds: list[DeliverRound] = []
     try:
         assert sim.stdout is not None  # noqa: S101 -- asked for above
         await asyncio.wait_for(sim.stdout.readline(), 30)
         async with aiohttp.ClientSession() as http:
-            for round_ in range(ROUNDS):
+            for round_ in range(ROUNDS + 1):  # the first pair warms up
                 await _reset(http, url)
                 await _bare_client(url, bodies, in_flight)
                 ceilings.append(await _wait_stored(http, url, BATCHES, 60))
                 await _reset(http, url)
                 group = f"{settings.topic_prefix}bench-deliver-{round_}"
-                rate, dup = await _deliver_once(settings, http, url, group, in_flight)
-                delivered.append(rate)
-                repeats += dup
+                rounds.append(await _deliver_once(settings, http, sim.pid, url, group, in_flight))
     finally:
         if sim.returncode is None:
             sim.terminate()
             await sim.wait()
-    ceiling, rate = statistics.median(ceilings), statistics.median(delivered)
+    repeats = sum(r.repeats for r in rounds)
+    ceilings, rounds = ceilings[1:], rounds[1:]
+    shares = [100 * r.rate / c for r, c in zip(rounds, ceilings, strict=True)]
+    median = statistics.median
     return [
         Row(
             f"deliver: events/s, one process, {in_flight} requests in flight",
-            rate,
+            median(r.rate for r in rounds),
             "events/s",
             ">= 20,000",
         ),
-        Row("deliver ceiling: bare aiohttp client, same payloads", ceiling, "events/s"),
-        Row("deliver share of the ceiling", 100 * rate / ceiling, "%", ">= 80"),
+        Row("deliver ceiling: bare aiohttp client, same payloads", median(ceilings), "events/s"),
+        Row(f"deliver share of the ceiling, median of {ROUNDS}", median(shares), "%", ">= 80"),
+        Row("deliver share of the ceiling, lowest pair", min(shares), "%"),
+        Row("deliver share of the ceiling, highest pair", max(shares), "%"),
+        Row("deliver: CPU per batch, deliver process", median(r.deliver_us for r in rounds), "us"),
+        Row("deliver: CPU per batch, simulator meanwhile", median(r.sim_us for r in rounds), "us"),
         Row("deliver: repeats received by the simulator", float(repeats), "batches", "0"),
     ]
