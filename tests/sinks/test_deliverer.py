@@ -256,6 +256,24 @@ async def test_blocked_delivery_keeps_its_group_membership(
     assert [r.getMessage() for r in caplog.records if "revoked" in r.getMessage()] == []
 
 
+async def test_read_ahead_is_bounded_while_mparticle_is_away(kafka_settings: Settings) -> None:
+    """Requests packed ahead never exceed ``read_ahead``; once mParticle is back, all land."""
+    async with MParticleSim(api_key=API_KEY, api_secret=API_SECRET) as sim:
+        settings = deliver_settings(kafka_settings, sim, max_in_flight=1)
+        await produce(settings, [encode(make_batch(i)) for i in range(1000)])
+        await sim.stop()
+        async with running(settings, read_ahead=3) as d:
+            sizes = []
+            for _ in range(150):  # 1.5 s: well past blocked_poll_s, fetching paused
+                sizes.append(len(d._ready))
+                await asyncio.sleep(0.01)
+            assert 1 <= max(sizes) <= 3
+            await sim.start()
+            await wait_for(lambda: sim.stats.batches_stored == 1000, 30, what="all batches")
+            await wait_for(lambda: all_committed(settings, d.group_id), 20, what="commits")
+    assert sim.stats.duplicates == 0
+
+
 @pytest.mark.slow
 async def test_60s_outage_then_recovery_loses_nothing(kafka_settings: Settings) -> None:
     """mParticle unreachable for 60 s (refused, then 503s): nothing lost, all delivered."""

@@ -5,8 +5,8 @@ are out at once, each carried to its end by :class:`.Sender`. Offsets are commit
 partition only up to the contiguous prefix of records that mParticle accepted or that were
 dead-lettered (:mod:`.offsets`); nothing else moves them.
 
-- While every slot is busy the loop tops up a queue of ``read_ahead`` ready requests from
-  what is already fetched. aiokafka fetches a partition again only once what it fetched
+- While every slot is busy the loop tops up a queue of up to ``read_ahead`` packed requests
+  from what is already fetched. aiokafka fetches a partition again only once what it fetched
   before is consumed, so this queue is what keeps requests going out while the next fetch
   is on its way (with one request per slot, delivery stalled for ~60 ms at every fetch
   in ``make bench``).
@@ -40,6 +40,7 @@ from streamproc.health import Health
 from streamproc.lifecycle import Service
 from streamproc.sinks.mparticle.batcher import (
     MAX_BATCH_BYTES,
+    MAX_BATCHES,
     Batch,
     Batcher,
     reject_reason,
@@ -221,7 +222,11 @@ class Deliverer(Service):
                 self._resume(consumer)
                 timeout = self.linger_s - self._batcher.age() if self._batcher else self.idle_poll_s
                 await self._fetch(consumer, max(0.0, timeout))
-            if self._batcher and self._batcher.age() >= self.linger_s:
+            if (
+                self._batcher
+                and len(self._ready) < self.read_ahead
+                and self._batcher.age() >= self.linger_s
+            ):
                 request = self._batcher.flush()
                 if request:
                     self._ready.append(request)
@@ -230,8 +235,11 @@ class Deliverer(Service):
     async def _fetch(self, consumer: AIOKafkaConsumer, timeout_s: float) -> int:
         """Take what the consumer has (waiting up to ``timeout_s``); return how many records."""
         generation = self._generation
+        # No more than the read-ahead queue has room for (by count: a request of batches
+        # over ~2.6 KB fills by size first, and one fetch may then complete a few more).
+        room = (self.read_ahead - len(self._ready)) * MAX_BATCHES - len(self._batcher)
         data = await consumer.getmany(
-            timeout_ms=int(timeout_s * 1000), max_records=self.max_poll_records
+            timeout_ms=int(timeout_s * 1000), max_records=max(1, min(room, self.max_poll_records))
         )
         if not data:
             return 0
