@@ -26,9 +26,14 @@ MAX_REASON = 2000
 
 
 class DeadLetter:
-    """What to write to the DLQ for one record; ``reason_code`` is the metric label."""
+    """What to write to the DLQ for one record; ``reason_code`` is the metric label.
 
-    __slots__ = ("headers", "key", "reason", "reason_code", "value")
+    Building one counts nothing: the stage that writes it calls :meth:`count` once Kafka
+    has it (after the transaction that holds it commits), so a write that fails, or a
+    transaction that aborts and is redone, is not counted twice.
+    """
+
+    __slots__ = ("headers", "key", "reason", "reason_code", "stage", "value")
 
     def __init__(
         self,
@@ -43,6 +48,7 @@ class DeadLetter:
     ) -> None:
         self.key = key
         self.value = value
+        self.stage = stage
         self.reason_code = reason_code
         self.reason = reason
         kept = [(k, v) for k, v in headers if k not in DLQ_HEADERS]
@@ -53,7 +59,15 @@ class DeadLetter:
             (kafka.H_ORIGIN_TOPIC, origin_topic.encode()),
             (H_TIME, str(int(time.time() * 1000)).encode()),
         ]
-        metrics.DEAD_LETTERED.labels(stage, reason_code).inc()
+
+    def count(self) -> None:
+        """Count this letter in ``streamproc_dead_lettered_total``: call once it is written."""
+        counted(self.stage, self.reason_code)
+
+
+def counted(stage: str, reason_code: str, n: int = 1) -> None:
+    """Count ``n`` dead letters of ``stage`` and ``reason_code`` that Kafka has."""
+    metrics.DEAD_LETTERED.labels(stage, reason_code).inc(n)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

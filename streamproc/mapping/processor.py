@@ -40,7 +40,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
-from streamproc import kafka, metrics, topics
+from streamproc import dlq, kafka, metrics, topics
 from streamproc.backoff import Backoff
 from streamproc.config import Settings
 from streamproc.dedupe import Changes, DedupeState, changelog_key, encode_ids, item_hash, restore
@@ -387,6 +387,7 @@ class MapProcessor(Service):
         counts: Counter[tuple[str, str, str]] = Counter()
         hits: Counter[str] = Counter()
         truncated: Counter[str] = Counter()
+        dead: Counter[str] = Counter()
         await producer.begin_transaction()
         partitions = await producer.partitions_for(self.topics.batches)
         out = BatchOutput(producer, self.topics.batches, partitions, self._partition_cache)
@@ -423,6 +424,7 @@ class MapProcessor(Service):
                     self.topics.dlq, letter.value, key=letter.key, headers=letter.headers
                 )
                 counts[(source, outcome.item_type, "dead_lettered")] += 1
+                dead[outcome.reason_code] += 1
         await out.flush()
         changes = txn.changes(int(time.time() * 1000))
         await self._write_changelog(part, changes, records[0].offset)
@@ -438,6 +440,8 @@ class MapProcessor(Service):
             metrics.DEDUPE_HITS.labels(source).inc(n)
         for what, n in truncated.items():
             metrics.MAP_TRUNCATED.labels(what).inc(n)
+        for reason_code, n in dead.items():
+            dlq.counted("map", reason_code, n)
         self._update_size()
 
     async def _write_changelog(self, part: Part, changes: Changes, offset: int) -> None:

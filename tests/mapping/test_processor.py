@@ -176,6 +176,13 @@ async def wait_output(settings: Settings, count: int, timeout_s: float = 40.0) -
     return out
 
 
+def dead_lettered(stage: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "streamproc_dead_lettered_total", {"stage": stage, "reason": reason}
+    )
+    return value or 0.0
+
+
 def dedupe_hits(source: str) -> float:
     return REGISTRY.get_sample_value("streamproc_dedupe_hits_total", {"source": source}) or 0.0
 
@@ -414,13 +421,17 @@ async def test_zombie_that_lost_its_partition_cannot_commit(
 async def test_failed_transaction_is_aborted_and_redone_once(
     make_settings: Callable[..., Settings],
 ) -> None:
-    """A transaction failing before its commit is aborted and redone: each batch once."""
+    """A transaction failing before its commit is aborted and redone: each batch once,
+    each dead letter once, and the dead letter counted once."""
     settings = make_settings(partitions=1)
     await topics.ensure(settings)
     names = Topics.for_prefix(settings.topic_prefix)
     now = int(time.time() * 1000)
     items = [tm_item(i, f"visitor-{i % 4}", now + i) for i in range(30)]
-    await produce_tm(settings, items)
+    broken = tm_item(30, "v", now + 30)
+    del broken["data"]["ref"]
+    await produce_tm(settings, [*items, broken])
+    parked_before = dead_lettered("map", "missing_field")
     failures: list[TopicPartition] = []
 
     async def fail_once(tp: TopicPartition) -> None:
@@ -438,3 +449,6 @@ async def test_failed_transaction_is_aborted_and_redone_once(
     assert sorted(item_ids(out)) == sorted(i["id"] for i in items)
     raw = await read_topic(settings, names.batches, 31, isolation_level="read_uncommitted")
     assert len(raw) > 30  # the failed attempt's batches exist, aborted
+    assert len(await read_topic(settings, names.dlq, 1)) == 1
+    assert len(await read_topic(settings, names.dlq, 2, isolation_level="read_uncommitted")) == 2
+    assert dead_lettered("map", "missing_field") - parked_before == 1

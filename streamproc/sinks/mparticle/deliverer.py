@@ -362,6 +362,7 @@ class Deliverer(Service):
                 log.warning("dead-letter write failed (%s); retrying", exc)
                 await asyncio.sleep(backoff.next())
             else:
+                letter.count()
                 return
 
     async def _commit(self, force: bool = False) -> None:

@@ -27,6 +27,9 @@ SOURCE = b"ticketmatic"
 H_POLLER = "poller"
 
 
+INVALID_ITEM = "invalid_item"  # the dead-letter reason code of an item that does not decode
+
+
 class OutRecord(NamedTuple):
     topic: str
     key: bytes
@@ -130,7 +133,7 @@ def build(
                 continue
             letter = DeadLetter(
                 stage="poll",
-                reason_code="invalid_item",
+                reason_code=INVALID_ITEM,
                 reason=str(exc),
                 origin_topic=topics.ticketmatic,
                 key=record_key(account, ref),

@@ -25,7 +25,7 @@ from typing import TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
-from streamproc import kafka, metrics
+from streamproc import dlq, kafka, metrics
 from streamproc.backoff import Backoff
 from streamproc.config import Settings, TicketmaticAccount
 from streamproc.errors import (
@@ -42,7 +42,7 @@ from streamproc.sources.ticketmatic import cursor as cursors
 from streamproc.sources.ticketmatic.client import EventstreamClient
 from streamproc.sources.ticketmatic.cursor import Cursor, later
 from streamproc.sources.ticketmatic.items import EventstreamPage, ts_ms
-from streamproc.sources.ticketmatic.page import PageRecords, build
+from streamproc.sources.ticketmatic.page import INVALID_ITEM, PageRecords, build
 from streamproc.sources.ticketmatic.writer import PageWriter
 from streamproc.topics import Topics
 
@@ -257,6 +257,8 @@ class AccountPoller:
     def _succeeded(self, page: EventstreamPage, built: PageRecords) -> None:
         self.backoff.reset()
         self.items_written += built.items
+        if built.dead_lettered:  # committed with the page
+            dlq.counted("poll", INVALID_ITEM, built.dead_lettered)
         metrics.TM_POLLS.labels(self.account.name, "ok" if built.items else "empty").inc()
         if built.items:
             metrics.TM_ITEMS.labels(self.account.name).inc(built.items)

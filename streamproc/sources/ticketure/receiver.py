@@ -294,7 +294,8 @@ class Receiver(Service):
                 ("route", route.encode()),
             ],
         )
-        await self.writer.dead_letter(letter)
+        if await self.writer.dead_letter(letter):
+            letter.count()
 
     # --- the three body shapes -------------------------------------------------------
 

@@ -119,7 +119,8 @@ def test_broken_items_go_to_the_dead_letter_topic_and_move_the_cursor() -> None:
     assert "type" in reason
     assert kafka.header(letters[0].headers, kafka.H_ORIGIN_TOPIC) == TOPICS.ticketmatic
     assert built.cursor.id == "11-0"
-    assert metrics.DEAD_LETTERED.labels("poll", "invalid_item")._value.get() == before + 3
+    # Counted by the poller once the page's transaction commits, not when it is built.
+    assert metrics.DEAD_LETTERED.labels("poll", "invalid_item")._value.get() == before
 
 
 def test_a_broken_item_already_behind_the_cursor_is_not_parked_again() -> None:
