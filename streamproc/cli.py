@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if path[0] == "topics":
             return asyncio.run(_topics(settings, path[1]))
         assert module is not None  # noqa: S101 -- every other path is in COMMANDS
-        _tune_gc()
+        tune_gc()
         code: int = asyncio.run(module.command(settings, args))
     except ConfigError as exc:
         print(f"streamproc: {exc}", file=sys.stderr)
@@ -174,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
+    """Run the garbage collector as every streamproc process does (see GC_FIRST_THRESHOLD)."""
     gc.freeze()  # what start-up built lives as long as the process: never scan it again
     _, *older = gc.get_threshold()
     gc.set_threshold(GC_FIRST_THRESHOLD, *older)

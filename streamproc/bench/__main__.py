@@ -11,7 +11,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 
-from streamproc import topics
+from streamproc import cli, topics
 from streamproc.bench import Row
 from streamproc.config import KafkaSettings, Settings, TopicSettings
 
@@ -66,6 +66,7 @@ def main() -> None:
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmark {', '.join(sorted(unknown))}")
+    cli.tune_gc()  # what runs in this process (the map stage, the ceilings) runs as in ours
     rows = asyncio.run(run(args.names or list(BENCHMARKS), args.bootstrap))
     where = machine()
     print(f"\nmachine: {where}\n")
