@@ -13,6 +13,7 @@ import asyncio
 import gc
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -134,7 +135,25 @@ def command_path(argv: Sequence[str]) -> tuple[str, ...]:
     return (words[0],)
 
 
+def _stop_early(_signum: int, _frame: object) -> None:
+    print("streamproc: stopped (SIGTERM) while starting", file=sys.stderr, flush=True)
+    # SystemExit, not an exception of our own: asyncio swallows (and logs) any other
+    # exception raised in a callback, and the process would then keep running.
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until a command's event loop takes SIGTERM over (lifecycle.stop_on_signals), a
+    # SIGTERM (Kubernetes, `make run`'s Ctrl-C) ends the start-up cleanly, with exit 0,
+    # instead of killing the process mid-import.
+    previous = signal.signal(signal.SIGTERM, _stop_early)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     path = command_path(argv)

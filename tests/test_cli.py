@@ -72,3 +72,22 @@ def test_role_help_lists_role_options() -> None:
 def test_command_path_skips_options(argv: list[str], path: tuple[str, ...]) -> None:
     """The command is found among options, and --config's value is not taken for it."""
     assert cli.command_path(argv) == path
+
+
+def test_sigterm_while_starting_ends_cleanly() -> None:
+    """SIGTERM before the command's loop handles it (here: while its module loads) exits 0."""
+    script = (
+        "import os, signal, sys\n"
+        "from streamproc import cli\n"
+        "load = cli._load\n"
+        "def load_then_term(name):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return load(name)\n"
+        "cli._load = load_then_term\n"
+        "sys.exit(cli.main(['sim', 'ticketure']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stopped (SIGTERM) while starting" in done.stderr
