@@ -29,8 +29,9 @@ import orjson
 from streamproc import kafka, topics
 from streamproc.bench import Row
 from streamproc.config import Settings
-from streamproc.mapping.processor import Mapper, MapProcessor
+from streamproc.mapping.processor import MapProcessor
 from streamproc.mapping.router import Mapped, MappingContext, map_record
+from streamproc.mapping.transaction import Mapper
 from streamproc.sources.ticketure.records import (
     ENCODER,
     GatewayAttributes,

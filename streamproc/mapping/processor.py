@@ -18,6 +18,8 @@ the previous owner's open transaction and refuses its commit (``ProducerFenced``
 on (as Kafka Streams' EOS v1 and Faust do). Each commit therefore builds on the result of
 the previous one, whoever made it.
 
+What one transaction writes is :mod:`.transaction`'s business.
+
 Failure: a transaction that fails is aborted, the partition is paused, its producer closed
 and the partition set up again as on assignment (new producer, state restored from the
 changelog, position = committed offset): nothing lost, nothing twice. After
@@ -33,52 +35,28 @@ import asyncio
 import functools
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
-from streamproc import dlq, kafka, metrics, topics
+from streamproc import kafka, metrics, topics
 from streamproc.backoff import Backoff
 from streamproc.config import Settings
-from streamproc.dedupe import Changes, DedupeState, changelog_key, encode_ids, item_hash, restore
-from streamproc.dlq import DeadLetter
+from streamproc.dedupe import DedupeState, restore
 from streamproc.errors import ConfigError
 from streamproc.health import Health
 from streamproc.lifecycle import Service
-from streamproc.mapping.identity import TICKETMATIC, TICKETURE, item_id_of
-from streamproc.mapping.output import BatchOutput, PartitionCache, producer_abort
-from streamproc.mapping.router import (
-    MapOutcome,
-    Mapped,
-    MappingContext,
-    Unknown,
-    Unmappable,
-    map_record,
-)
+from streamproc.mapping.identity import TICKETMATIC, TICKETURE
+from streamproc.mapping.output import PartitionCache, producer_abort
+from streamproc.mapping.router import MappingContext, map_record
+from streamproc.mapping.transaction import Hook, Mapper, Part, Transactor
 from streamproc.topics import Topics
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "map"
-Mapper = Callable[[str, bytes, str, str | None], MapOutcome]
-Hook = Callable[[TopicPartition], Awaitable[None]]
-
-
-class Part:
-    """An input partition this process owns: its producer, dedupe state and queue."""
-
-    def __init__(self, tp: TopicPartition, source: str, producer: AIOKafkaProducer) -> None:
-        self.tp = tp
-        self.source = source
-        self.producer = producer
-        self.state: DedupeState | None = None
-        self.queue: list[Any] = []  # polled records not yet in a transaction
-        self.task: asyncio.Task[None] | None = None
-        self.active = True  # False once revoked or failed: no new transaction starts
-        self.paused = False  # paused because its queue is full
 
 
 class MapProcessor(Service):
@@ -113,7 +91,6 @@ class MapProcessor(Service):
         self.health = health or Health()
         if mapper is None:
             mapper = functools.partial(map_record, ctx=MappingContext.from_settings(settings))
-        self._map = mapper
         self._window_ms = int(settings.mapping.dedupe_window_s * 1000)
         self._poll_timeout_ms = poll_timeout_ms
         self._max_records = max_records
@@ -126,7 +103,6 @@ class MapProcessor(Service):
         self._retry_timeout_s = retry_timeout_s
         self._txn_timeout_s = settings.kafka.transaction_timeout_ms / 1000
         self._consumer_options = dict(consumer_options or {})
-        self._before_commit = before_commit
         self._sources = {self.topics.ticketmatic: TICKETMATIC, self.topics.ticketure: TICKETURE}
         self._consumer: AIOKafkaConsumer | None = None
         self._restorer: AIOKafkaConsumer | None = None
@@ -137,7 +113,9 @@ class MapProcessor(Service):
         self._fatal: BaseException | None = None
         self.fenced = 0  # commits refused because another producer took the partition over
         self.committed = 0  # source records whose transaction committed
-        self._partition_cache = PartitionCache()
+        self._transactor = Transactor(
+            self.topics, self.group_id, mapper, PartitionCache(), before_commit
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -361,7 +339,9 @@ class MapProcessor(Service):
                 try:
                     # The broker aborts a transaction older than this anyway.
                     async with asyncio.timeout(self._txn_timeout_s):
-                        await self._transact(part, records)
+                        if await self._transactor.run(part, records):
+                            self.committed += len(records)
+                            self._update_size()
                 except (KafkaError, OSError, TimeoutError) as exc:
                     await self._failed(part, exc)
                     return
@@ -377,123 +357,6 @@ class MapProcessor(Service):
             part.task = None
             if not part.active:
                 await part.producer.stop()
-
-    async def _transact(self, part: Part, records: list[Any]) -> None:
-        """One transaction: batches, dead letters, changelog and offsets for ``records``."""
-        state, producer, tp = part.state, part.producer, part.tp
-        if state is None:
-            return
-        txn = state.begin()
-        counts: Counter[tuple[str, str, str]] = Counter()
-        hits: Counter[str] = Counter()
-        truncated: Counter[str] = Counter()
-        dead: Counter[str] = Counter()
-        await producer.begin_transaction()
-        partitions = await producer.partitions_for(self.topics.batches)
-        out = BatchOutput(producer, self.topics.batches, partitions, self._partition_cache)
-        for record in records:
-            source, item_id, account, passed, has_time = self._headers(part, record)
-            outcome = self._outcome(source, record.value, item_id, account)
-            if type(outcome) is Mapped:
-                h = item_hash(source, item_id)
-                if txn.seen(h):
-                    counts[(source, outcome.item_type, "duplicate")] += 1
-                    hits[source] += 1
-                    continue
-                txn.add(h, outcome.item_time_ms)
-                if not has_time:
-                    passed.append((kafka.H_ITEM_TIME, str(outcome.item_time_ms).encode()))
-                await out.add(outcome.key.encode(), outcome.batch, passed)
-                kind = "forwarded" if outcome.forwarded else "mapped"
-                counts[(source, outcome.item_type, kind)] += 1
-                if outcome.truncations:
-                    truncated.update(outcome.truncations)
-            elif type(outcome) is Unknown:
-                counts[(source, outcome.item_type, "unknown_type")] += 1
-            elif isinstance(outcome, Unmappable):
-                letter = DeadLetter(
-                    stage="map",
-                    reason_code=outcome.reason_code,
-                    reason=outcome.reason,
-                    origin_topic=record.topic,
-                    key=record.key,
-                    value=record.value or b"",
-                    headers=record.headers,
-                )
-                await producer.send(
-                    self.topics.dlq, letter.value, key=letter.key, headers=letter.headers
-                )
-                counts[(source, outcome.item_type, "dead_lettered")] += 1
-                dead[outcome.reason_code] += 1
-        await out.flush()
-        changes = txn.changes(int(time.time() * 1000))
-        await self._write_changelog(part, changes, records[0].offset)
-        await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-        if self._before_commit is not None:
-            await self._before_commit(tp)
-        await producer.commit_transaction()
-        state.apply(changes, records[0].offset)
-        self.committed += len(records)
-        for labels, n in counts.items():
-            metrics.MAP_ITEMS.labels(*labels).inc(n)
-        for source, n in hits.items():
-            metrics.DEDUPE_HITS.labels(source).inc(n)
-        for what, n in truncated.items():
-            metrics.MAP_TRUNCATED.labels(what).inc(n)
-        for reason_code, n in dead.items():
-            dlq.counted("map", reason_code, n)
-        self._update_size()
-
-    async def _write_changelog(self, part: Part, changes: Changes, offset: int) -> None:
-        topic, partition = self.topics.dedupe, part.tp.partition
-        for bucket, (newest, hashes) in changes.records.items():
-            key = changelog_key(part.source, bucket, offset)
-            await part.producer.send(
-                topic, encode_ids(newest, hashes), key=key, partition=partition
-            )
-        for bucket, offsets in changes.expired:
-            for first in offsets:
-                key = changelog_key(part.source, bucket, first)
-                await part.producer.send(topic, None, key=key, partition=partition)
-
-    def _headers(self, part: Part, record: Any) -> tuple[str, str, str | None, kafka.Headers, bool]:
-        """Source, item id, account, the headers to pass on and whether they hold the time."""
-        source = header_id = account = None
-        has_time = False
-        passed: kafka.Headers = []
-        for key, value in record.headers:
-            if key == kafka.H_SOURCE:
-                source = value.decode("utf-8", "replace")
-            elif key == kafka.H_ITEM_ID:
-                header_id = value.decode("utf-8", "replace")
-            elif key == kafka.H_ACCOUNT:
-                account = value.decode("utf-8", "replace")
-                passed.append((key, value))
-            elif key == kafka.H_ITEM_TIME:
-                has_time = True
-                passed.append((key, value))
-            elif key == kafka.H_RECEIVED:
-                passed.append((key, value))
-        if source not in (TICKETMATIC, TICKETURE):
-            source = part.source
-        own_id = item_id_of(source, record.value or b"", header_id)
-        item_id = item_id_of(source, record.value or b"", own_id, account)
-        passed.append((kafka.H_SOURCE, source.encode()))
-        # The header keeps the source's own id (the account travels in its own header).
-        passed.append((kafka.H_ITEM_ID, own_id.encode()))
-        return source, item_id, account, passed, has_time
-
-    def _outcome(
-        self, source: str, value: bytes | None, item_id: str, account: str | None
-    ) -> MapOutcome:
-        if value is None:
-            return Unmappable("undecodable", "undecodable", "the record has no value")
-        try:
-            return self._map(source, value, item_id, account)
-        except Exception as exc:
-            # A mapping bug must not stop the pipeline: park the item with the reason.
-            log.exception("map: mapping %s item %s raised", source, item_id)
-            return Unmappable("unknown", "internal_error", f"mapping raised {exc!r}"[:500])
 
     # --- failures -------------------------------------------------------------------------
 
