@@ -106,7 +106,7 @@ REJECTED = Counter(
 )
 DEAD_LETTERED = Counter(
     "streamproc_dead_lettered_total",
-    "Records parked in the dead-letter topic, by stage and reason.",
+    "Records parked in the dead-letter topic, by stage and reason (counted once written).",
     ["stage", "reason"],
 )
 
