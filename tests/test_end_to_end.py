@@ -23,7 +23,8 @@ from streamproc.config import (
     TicketmaticSettings,
 )
 from streamproc.mapping.ids import source_request_id
-from streamproc.sim.mparticle import MParticleSim, load_batch_schema
+from streamproc.sim.mparticle import MParticleSim
+from streamproc.sim.mparticle_schema import load_batch_schema
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sim.ticketure import TicketureSim
 from streamproc.topics import Topics

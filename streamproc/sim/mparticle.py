@@ -40,117 +40,36 @@ import random
 import sys
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 import orjson
 from aiohttp import web
-from jsonschema import Draft7Validator, ValidationError
-from jsonschema.protocols import Validator
-from jsonschema.validators import validator_for
 
 from streamproc.config import Settings
-from streamproc.errors import ConfigError
 from streamproc.lifecycle import Service, stop_on_signals
-from streamproc.schemas import load_schema
+from streamproc.sim.mparticle_control import (
+    Control,
+    FailNext,
+    RateBucket,
+    SimStats,
+)
+from streamproc.sim.mparticle_schema import (
+    DEFAULT_SCHEMA,
+    batch_error,
+    describe_error,
+    load_batch_schema,
+    make_validator,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCHEMA = "mparticle/batch.schema.json"
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_BATCH_BYTES = 128 * 1024
 MAX_BATCHES = 100
 H_PERCENT_USED = "X-mp-rate-limit-percentage-used"
 H_LIMIT_EXCEEDED = "X-mp-rate-limit-exceeded"
 MAX_ERRORS = 20
-
-
-class FailNext(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Answer the next ``count`` requests with ``status`` (before auth and validation)."""
-
-    status: int
-    count: int = 1
-    retry_after_s: float | None = None
-
-
-class Credentials(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    api_key: str
-    api_secret: str
-
-
-class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``POST /_sim/control`` body; absent fields are left as they are."""
-
-    fail_next: FailNext | msgspec.UnsetType = msgspec.UNSET
-    outage: Literal["503", "drop"] | msgspec.UnsetType | None = msgspec.UNSET
-    latency_s: float | msgspec.UnsetType = msgspec.UNSET
-    error_rate: float | msgspec.UnsetType = msgspec.UNSET
-    rate_limit_batches_per_s: float | msgspec.UnsetType | None = msgspec.UNSET
-    retry_after_s: float | msgspec.UnsetType | None = msgspec.UNSET
-    credentials: Credentials | msgspec.UnsetType = msgspec.UNSET
-
-
-class SimStats(msgspec.Struct, kw_only=True):
-    """What the simulator saw; ``batches_received`` counts repeats, ``batches_stored`` not."""
-
-    requests: int = 0
-    in_flight: int = 0
-    answers: dict[str, int] = msgspec.field(default_factory=dict)
-    batches_received: int = 0
-    batches_stored: int = 0
-    duplicates: int = 0
-    duplicates_differing: int = 0
-    batches_refused: int = 0
-    events_received: int = 0
-    events_stored: int = 0
-    first_batch_at: float | None = None
-    last_batch_at: float | None = None
-
-
-class _Bucket:
-    """Batches per second, with one second's worth of burst."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.at = time.monotonic()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-
-    def take(self, n: int) -> bool:
-        self._refill()
-        if self.tokens >= n or self.tokens >= self.rate:
-            self.tokens -= n
-            return True
-        return False
-
-    def percent_used(self) -> int:
-        return min(100, max(0, round((self.rate - self.tokens) / self.rate * 100)))
-
-    def wait_s(self, n: int) -> float:
-        return max(0.0, (min(n, self.rate) - self.tokens) / self.rate)
-
-
-def make_validator(schema: dict[str, Any]) -> Validator:
-    """A validator for one batch, with format checking, of the schema's own draft."""
-    if schema.get("type") == "array":
-        raise ConfigError("schema", "give the batch schema, not the bulk (array) schema")
-    cls = validator_for(schema, default=Draft7Validator)
-    cls.check_schema(schema)
-    validator: Validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
-    return validator
-
-
-def describe_error(error: ValidationError) -> str:
-    """The most specific reason: for a ``oneOf``, the branch that got furthest."""
-    while error.context:
-        error = max(error.context, key=lambda e: len(e.absolute_path))
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    return f"{path.lstrip('.') or '(batch)'}: {error.message[:300]}"
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -193,7 +112,7 @@ class MParticleSim(Service):
         self.retry_after_s = retry_after_s
         self.outage: Literal["503", "drop"] | None = None
         self._credentials = {api_key: api_secret}
-        self._bucket = _Bucket(rate_limit_batches_per_s) if rate_limit_batches_per_s else None
+        self._bucket = RateBucket(rate_limit_batches_per_s) if rate_limit_batches_per_s else None
         self._rng = random.Random(seed)
         self._fail: deque[FailNext] = deque()
         self._seen: dict[str, dict[str, int]] = {}
@@ -216,7 +135,7 @@ class MParticleSim(Service):
         self._credentials = {api_key: api_secret}
 
     def set_rate_limit(self, batches_per_s: float | None, retry_after_s: float | None) -> None:
-        self._bucket = _Bucket(batches_per_s) if batches_per_s else None
+        self._bucket = RateBucket(batches_per_s) if batches_per_s else None
         self.retry_after_s = retry_after_s
 
     def control(self, change: Control) -> None:
@@ -389,14 +308,14 @@ class MParticleSim(Service):
         errors: list[dict[str, Any]] = []
         for index, batch in enumerate(batches):
             if not isinstance(batch, dict):
-                errors.append(_batch_error(index, "BAD_REQUEST", "a batch must be a JSON object"))
+                errors.append(batch_error(index, "BAD_REQUEST", "a batch must be a JSON object"))
                 continue
             # Only a body larger than the batch limit can hold a batch that is too large.
             if body_size > self.max_batch_bytes:
                 size = len(orjson.dumps(batch))
                 if size > self.max_batch_bytes:
                     errors.append(
-                        _batch_error(
+                        batch_error(
                             index,
                             "BATCH_TOO_LARGE",
                             f"{size} bytes; at most {self.max_batch_bytes}",
@@ -406,7 +325,7 @@ class MParticleSim(Service):
             if self.validator is not None:
                 found = list(self.validator.iter_errors(batch))
                 errors += [
-                    _batch_error(index, "VALIDATION_ERROR", describe_error(e)) for e in found[:5]
+                    batch_error(index, "VALIDATION_ERROR", describe_error(e)) for e in found[:5]
                 ]
         return errors
 
@@ -476,25 +395,6 @@ class MParticleSim(Service):
     async def _post_reset(self, _request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"ok": True})
-
-
-def _batch_error(index: int, code: str, message: str) -> dict[str, Any]:
-    return {"batch": index, "code": code, "message": f"batch {index}: {message}"}
-
-
-def load_batch_schema(path: str | None) -> dict[str, Any]:
-    """The schema file given, else the project's ``schemas/mparticle/batch.schema.json``."""
-    try:
-        if path:
-            data: dict[str, Any] = orjson.loads(Path(path).read_bytes())
-            return data
-        return load_schema(DEFAULT_SCHEMA)
-    except FileNotFoundError:
-        raise ConfigError(
-            "--schema", f"{path or DEFAULT_SCHEMA} does not exist (or use --no-validate)"
-        ) from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError("--schema", f"{path} is not JSON: {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,9 @@ import pytest
 import pytest_asyncio
 
 from streamproc.errors import ConfigError
-from streamproc.sim.mparticle import Control, FailNext, MParticleSim, load_batch_schema
+from streamproc.sim.mparticle import MParticleSim
+from streamproc.sim.mparticle_control import Control, FailNext
+from streamproc.sim.mparticle_schema import load_batch_schema
 
 KEY, SECRET = "k", "s"
 

@@ -10,7 +10,8 @@ import pytest
 
 from streamproc.config import Settings
 from streamproc.localkafka import free_port
-from streamproc.sim.mparticle import Control, MParticleSim
+from streamproc.sim.mparticle import MParticleSim
+from streamproc.sim.mparticle_control import Control
 from tests.procs import Proc, settings_env, wait_for
 from tests.sinks.support import (
     API_KEY,

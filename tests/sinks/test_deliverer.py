@@ -16,7 +16,8 @@ from streamproc import kafka, topics
 from streamproc.config import Settings
 from streamproc.dlq import H_STAGE
 from streamproc.health import Health
-from streamproc.sim.mparticle import Control, MParticleSim
+from streamproc.sim.mparticle import MParticleSim
+from streamproc.sim.mparticle_control import Control
 from streamproc.sinks.mparticle.deliverer import Deliverer
 from streamproc.topics import Topics
 from tests.procs import wait_for

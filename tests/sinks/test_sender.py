@@ -13,7 +13,8 @@ import pytest_asyncio
 
 from streamproc.errors import AuthError, BadRequest, RateLimited, ServerError, TransportError
 from streamproc.health import Health
-from streamproc.sim.mparticle import Control, MParticleSim
+from streamproc.sim.mparticle import MParticleSim
+from streamproc.sim.mparticle_control import Control
 from streamproc.sinks.mparticle.batcher import Batch, Record, request_body
 from streamproc.sinks.mparticle.client import MParticleClient
 from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
