@@ -25,7 +25,7 @@ import msgspec
 from streamproc import localkafka
 from streamproc.bench import Row
 from streamproc.config import PushSender, ReceiverSettings, Secret, Settings
-from streamproc.sim.ticketure import Flows
+from streamproc.sim.ticketure_flows import Flows
 from streamproc.sources.ticketure.auth import basic_header
 from streamproc.sources.ticketure.command import command
 from streamproc.sources.ticketure.receiver import ROUTE_EVENTS

@@ -19,7 +19,8 @@ from jsonschema import Draft7Validator, Draft202012Validator
 
 from streamproc.config import PushSender, Secret
 from streamproc.schemas import load_schema
-from streamproc.sim.ticketure import Flows, Step, TicketureSim
+from streamproc.sim.ticketure import TicketureSim
+from streamproc.sim.ticketure_flows import Flows, Step
 from streamproc.sources.ticketure.auth import Authenticator, Verdict
 from streamproc.sources.ticketure.records import (
     GATEWAY_ACTIONS,
