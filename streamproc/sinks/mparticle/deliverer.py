@@ -102,8 +102,9 @@ class Deliverer(Service):
         self.group_id = group_id or f"{settings.topic_prefix}streamproc-deliver"
         self.health = health or Health()
         self.max_in_flight = max(1, mp.max_in_flight)
-        # Requests packed and waiting for a slot: at most 100 batches and 256 KB each.
-        self.read_ahead = max(1, read_ahead)
+        # Requests packed and waiting for a slot (at least one per slot): at most 100
+        # batches and 256 KB each.
+        self.read_ahead = max(read_ahead, self.max_in_flight)
         self.linger_s = mp.linger_ms / 1000
         self.commit_interval_s = commit_interval_s
         self.shutdown_timeout_s = shutdown_timeout_s
