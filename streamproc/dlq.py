@@ -33,12 +33,13 @@ class DeadLetter:
     transaction that aborts and is redone, is not counted twice.
     """
 
-    __slots__ = ("headers", "key", "reason", "reason_code", "stage", "value")
+    __slots__ = ("headers", "key", "reason", "reason_code", "source", "stage", "value")
 
     def __init__(
         self,
         *,
         stage: str,
+        source: str,
         reason_code: str,
         reason: str,
         origin_topic: str,
@@ -49,6 +50,7 @@ class DeadLetter:
         self.key = key
         self.value = value
         self.stage = stage
+        self.source = source
         self.reason_code = reason_code
         self.reason = reason
         kept = [(k, v) for k, v in headers if k not in DLQ_HEADERS]
@@ -62,12 +64,12 @@ class DeadLetter:
 
     def count(self) -> None:
         """Count this letter in ``streamproc_dead_lettered_total``: call once it is written."""
-        counted(self.stage, self.reason_code)
+        counted(self.stage, self.source, self.reason_code)
 
 
-def counted(stage: str, reason_code: str, n: int = 1) -> None:
-    """Count ``n`` dead letters of ``stage`` and ``reason_code`` that Kafka has."""
-    metrics.DEAD_LETTERED.labels(stage, reason_code).inc(n)
+def counted(stage: str, source: str, reason_code: str, n: int = 1) -> None:
+    """Count ``n`` dead letters of ``stage``, ``source`` and ``reason_code`` that Kafka has."""
+    metrics.DEAD_LETTERED.labels(stage, source, reason_code).inc(n)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

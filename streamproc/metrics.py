@@ -106,8 +106,8 @@ REJECTED = Counter(
 )
 DEAD_LETTERED = Counter(
     "streamproc_dead_lettered_total",
-    "Records parked in the dead-letter topic, by stage and reason (counted once written).",
-    ["stage", "reason"],
+    "Records parked in the dead-letter topic, by stage, source and reason (counted once written).",
+    ["stage", "source", "reason"],
 )
 
 # --- Ticketmatic poller -----------------------------------------------------------------

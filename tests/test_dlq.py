@@ -27,6 +27,7 @@ async def park(settings: Settings, n: int) -> None:
         for i in range(n):
             letter = DeadLetter(
                 stage="map",
+                source="ticketmatic",
                 reason_code="missing_field" if i % 2 == 0 else "undecodable",
                 reason=f"data.ref: required (item {i})",
                 origin_topic=names.ticketmatic,

@@ -56,7 +56,7 @@ class _Counts:
     items: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # source, type, outcome
     hits: Counter[str] = field(default_factory=Counter)  # dedupe hits by source
     truncated: Counter[str] = field(default_factory=Counter)
-    dead: Counter[str] = field(default_factory=Counter)  # dead letters by reason code
+    dead: Counter[tuple[str, str]] = field(default_factory=Counter)  # by source, reason code
 
     def publish(self) -> None:
         for labels, n in self.items.items():
@@ -65,8 +65,8 @@ class _Counts:
             metrics.DEDUPE_HITS.labels(source).inc(n)
         for what, n in self.truncated.items():
             metrics.MAP_TRUNCATED.labels(what).inc(n)
-        for reason_code, n in self.dead.items():
-            dlq.counted("map", reason_code, n)
+        for (source, reason_code), n in self.dead.items():
+            dlq.counted("map", source, reason_code, n)
 
 
 class Transactor:
@@ -123,9 +123,9 @@ class Transactor:
             elif type(outcome) is Unknown:
                 counts.items[(source, outcome.item_type, "unknown_type")] += 1
             elif isinstance(outcome, Unmappable):
-                await self._dead_letter(producer, record, outcome)
+                await self._dead_letter(producer, record, source, outcome)
                 counts.items[(source, outcome.item_type, "dead_lettered")] += 1
-                counts.dead[outcome.reason_code] += 1
+                counts.dead[(source, outcome.reason_code)] += 1
         await out.flush()
         changes = txn.changes(int(time.time() * 1000))
         await self._write_changelog(part, changes, records[0].offset)
@@ -138,10 +138,11 @@ class Transactor:
         return True
 
     async def _dead_letter(
-        self, producer: AIOKafkaProducer, record: Any, outcome: Unmappable
+        self, producer: AIOKafkaProducer, record: Any, source: str, outcome: Unmappable
     ) -> None:
         letter = DeadLetter(
             stage="map",
+            source=source,
             reason_code=outcome.reason_code,
             reason=outcome.reason,
             origin_topic=record.topic,

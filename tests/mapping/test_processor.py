@@ -178,7 +178,8 @@ async def wait_output(settings: Settings, count: int, timeout_s: float = 40.0) -
 
 def dead_lettered(stage: str, reason: str) -> float:
     value = REGISTRY.get_sample_value(
-        "streamproc_dead_lettered_total", {"stage": stage, "reason": reason}
+        "streamproc_dead_lettered_total",
+        {"stage": stage, "source": "ticketmatic", "reason": reason},
     )
     return value or 0.0
 

@@ -37,6 +37,8 @@ from tests.sinks.support import (
 
 pytestmark = pytest.mark.kafka
 
+REASONS = ("batch_too_large", "not_json_object")
+
 
 @pytest.fixture
 def schema(shared_reference: Path) -> dict[str, Any]:
@@ -115,6 +117,8 @@ async def test_400_dead_letters_the_bad_batches_and_delivers_the_rest(
 async def test_unpostable_records_are_dead_lettered(kafka_settings: Settings) -> None:
     """A batch over 128 KiB, or a value that is not a JSON object, is parked with the reason."""
     values = [encode(make_batch(0)), encode(make_batch(1, pad=130 * 1024)), b"[1,2]"]
+    labels = {"stage": "deliver", "source": "ticketure"}
+    before = {r: metric("streamproc_dead_lettered_total", **labels, reason=r) for r in REASONS}
     async with MParticleSim(api_key=API_KEY, api_secret=API_SECRET) as sim:
         settings = deliver_settings(kafka_settings, sim)
         await produce(settings, values)
@@ -124,6 +128,9 @@ async def test_unpostable_records_are_dead_lettered(kafka_settings: Settings) ->
         parked = await read_dlq(settings, 2)
     reasons = sorted((kafka.header(r.headers, kafka.H_REASON) or "").split(":")[0] for r in parked)
     assert reasons == ["batch_too_large", "not_json_object"]
+    for reason in REASONS:  # counted once each, under the batch's source
+        counted = metric("streamproc_dead_lettered_total", **labels, reason=reason)
+        assert counted == before[reason] + 1
 
 
 async def test_auth_failure_pauses_commits_nothing_and_resumes(kafka_settings: Settings) -> None:

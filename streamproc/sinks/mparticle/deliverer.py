@@ -346,6 +346,7 @@ class Deliverer(Service):
         assert self._producer is not None  # noqa: S101 -- only called between start and stop
         letter = DeadLetter(
             stage="deliver",
+            source=kafka.header(batch.headers, kafka.H_SOURCE) or "unknown",
             reason_code=reason_code,
             reason=reason,
             origin_topic=self.topics.batches,

@@ -133,6 +133,7 @@ def build(
                 continue
             letter = DeadLetter(
                 stage="poll",
+                source=SOURCE.decode(),
                 reason_code=INVALID_ITEM,
                 reason=str(exc),
                 origin_topic=topics.ticketmatic,

@@ -258,7 +258,7 @@ class AccountPoller:
         self.backoff.reset()
         self.items_written += built.items
         if built.dead_lettered:  # committed with the page
-            dlq.counted("poll", INVALID_ITEM, built.dead_lettered)
+            dlq.counted("poll", "ticketmatic", INVALID_ITEM, built.dead_lettered)
         metrics.TM_POLLS.labels(self.account.name, "ok" if built.items else "empty").inc()
         if built.items:
             metrics.TM_ITEMS.labels(self.account.name).inc(built.items)

@@ -282,6 +282,7 @@ class Receiver(Service):
     ) -> None:
         letter = DeadLetter(
             stage="receive",
+            source=SOURCE_LABEL,
             reason_code="invalid",
             reason=str(exc),
             origin_topic=self.writer.topics.ticketure,

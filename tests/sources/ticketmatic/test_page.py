@@ -100,7 +100,7 @@ def test_a_repeated_item_within_a_page_is_written_once() -> None:
 
 def test_broken_items_go_to_the_dead_letter_topic_and_move_the_cursor() -> None:
     """An item without type, or not an object, is dead-lettered with the reason; the rest stay."""
-    before = metrics.DEAD_LETTERED.labels("poll", "invalid_item")._value.get()
+    before = metrics.DEAD_LETTERED.labels("poll", "ticketmatic", "invalid_item")._value.get()
     no_type = b'{"id":"10-0","ts":"2024-05-01T09:30:00","data":{"ref":"u9"}}'
     no_id = b'{"ts":"2024-05-01T09:30:00","type":"webshop:pageview","data":{}}'
     body = page_of(
@@ -120,7 +120,9 @@ def test_broken_items_go_to_the_dead_letter_topic_and_move_the_cursor() -> None:
     assert kafka.header(letters[0].headers, kafka.H_ORIGIN_TOPIC) == TOPICS.ticketmatic
     assert built.cursor.id == "11-0"
     # Counted by the poller once the page's transaction commits, not when it is built.
-    assert metrics.DEAD_LETTERED.labels("poll", "invalid_item")._value.get() == before
+    assert (
+        metrics.DEAD_LETTERED.labels("poll", "ticketmatic", "invalid_item")._value.get() == before
+    )
 
 
 def test_a_broken_item_already_behind_the_cursor_is_not_parked_again() -> None:

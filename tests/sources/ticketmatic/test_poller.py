@@ -111,7 +111,9 @@ async def test_faults_are_survived_and_bad_items_parked(
             o: count(metrics.TM_POLLS, "acme", o)
             for o in ("rate_limited", "server_error", "malformed")
         }
-        parked_before = metrics.DEAD_LETTERED.labels("poll", "invalid_item")._value.get()
+        parked_before = metrics.DEAD_LETTERED.labels(
+            "poll", "ticketmatic", "invalid_item"
+        )._value.get()
         stop = asyncio.Event()
         task = await run_service(settings, stop)
         broken_id = sim.items("acme")[60][0]
@@ -132,7 +134,7 @@ async def test_faults_are_survived_and_bad_items_parked(
         assert count(metrics.TM_POLLS, "acme", "server_error") - before["server_error"] == 3
         assert count(metrics.TM_POLLS, "acme", "malformed") - before["malformed"] == 1
         # Counted once its page's transaction committed.
-        parked = metrics.DEAD_LETTERED.labels("poll", "invalid_item")._value.get()
+        parked = metrics.DEAD_LETTERED.labels("poll", "ticketmatic", "invalid_item")._value.get()
         assert parked - parked_before == 1
 
 
