@@ -17,7 +17,6 @@ If a sample fails (broker away), the previous values stay and the failure is log
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -27,7 +26,7 @@ from aiokafka.errors import KafkaError
 
 from streamproc import kafka, metrics, topics
 from streamproc.config import Settings
-from streamproc.lifecycle import Service
+from streamproc.lifecycle import Service, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +66,7 @@ class LagMonitor(Service):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None

@@ -8,7 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Self
+from collections.abc import Iterable
+from typing import Any, Self
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
+    """Cancel ``tasks`` (None is skipped) and wait until each has ended, whatever it raised.
+
+    Unlike ``suppress(CancelledError): await task``, a cancellation aimed at the caller
+    while it waits is not swallowed: it propagates.
+    """
+    pending = [task for task in tasks if task is not None]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def stop_on_signals() -> asyncio.Event:

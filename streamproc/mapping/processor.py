@@ -47,7 +47,7 @@ from streamproc.config import Settings
 from streamproc.dedupe import DedupeState, restore
 from streamproc.errors import ConfigError
 from streamproc.health import Health
-from streamproc.lifecycle import Service
+from streamproc.lifecycle import Service, cancel_and_wait
 from streamproc.mapping.identity import TICKETMATIC, TICKETURE
 from streamproc.mapping.output import PartitionCache, producer_abort
 from streamproc.mapping.router import MappingContext, map_record
@@ -305,9 +305,7 @@ class MapProcessor(Service):
                     timeout_s,
                 )
                 if cancel:
-                    for task in late:
-                        task.cancel()
-                    await asyncio.gather(*late, return_exceptions=True)
+                    await cancel_and_wait(late)
         await asyncio.gather(*(p.producer.stop() for p in parts if p.task is None))
 
     async def _check_copartitioned(self) -> None:

@@ -35,7 +35,7 @@ import orjson
 from aiohttp import web
 
 from streamproc.config import RETENTION_4H_S, Settings
-from streamproc.lifecycle import Service, stop_on_signals
+from streamproc.lifecycle import Service, cancel_and_wait, stop_on_signals
 from streamproc.sim.eventstream import (
     Fault,
     NextId,
@@ -133,9 +133,8 @@ class TicketmaticSim(Service):
         log.info("Ticketmatic simulator on %s (%d accounts)", self.url, len(self.streams))
 
     async def stop(self) -> None:
-        if self._generator is not None:
-            self._generator.cancel()
-            self._generator = None
+        generator, self._generator = self._generator, None
+        await cancel_and_wait([generator])
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

@@ -33,7 +33,7 @@ import orjson
 from streamproc.backoff import Backoff
 from streamproc.config import Settings
 from streamproc.errors import parse_retry_after
-from streamproc.lifecycle import stop_on_signals
+from streamproc.lifecycle import cancel_and_wait, stop_on_signals
 from streamproc.sim.ticketure_flows import Flows, Step
 from streamproc.sources.ticketure.auth import basic_header, sign
 from streamproc.sources.ticketure.mparticle_shape import encode_batch
@@ -195,9 +195,7 @@ class TicketureSim:
                 task.add_done_callback(lambda _t: slots.release())
             if tasks:
                 _done, pending = await asyncio.wait(tasks, timeout=self.drain_timeout_s)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await cancel_and_wait(pending)
         return self.stats
 
     async def _push(self, http: aiohttp.ClientSession, step: Step) -> None:

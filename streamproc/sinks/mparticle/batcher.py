@@ -12,24 +12,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from streamproc.sinks.mparticle.offsets import Positioned
+
 MAX_BATCHES = 100
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_BATCH_BYTES = 128 * 1024
 
 
-class Batch(Protocol):
+class Batch(Positioned, Protocol):
     """One record of the batches topic; an aiokafka ``ConsumerRecord`` is one as it is.
 
     The deliverer passes the consumer's records through untouched rather than copying
     each into an object of its own: this runs for every batch.
     """
 
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
     @property
     def key(self) -> bytes | None: ...
     @property

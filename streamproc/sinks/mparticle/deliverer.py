@@ -37,7 +37,7 @@ from streamproc.backoff import Backoff
 from streamproc.config import Settings
 from streamproc.dlq import DeadLetter
 from streamproc.health import Health
-from streamproc.lifecycle import Service
+from streamproc.lifecycle import Service, cancel_and_wait
 from streamproc.sinks.mparticle.batcher import (
     MAX_BATCH_BYTES,
     MAX_BATCHES,
@@ -335,11 +335,9 @@ class Deliverer(Service):
 
     async def _abandon(self) -> None:
         tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
         if tasks:
             log.info("abandoned %d requests in flight; their batches are not committed", len(tasks))
-            await asyncio.wait(tasks)
+        await cancel_and_wait(tasks)
 
     async def _dead_letter(self, batch: Batch, reason_code: str, reason: str) -> None:
         """Write ``batch`` to the dead-letter topic, retrying until Kafka has it."""

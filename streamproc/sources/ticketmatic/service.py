@@ -19,6 +19,7 @@ from typing import Any
 from streamproc import metrics
 from streamproc.config import Settings
 from streamproc.health import Health
+from streamproc.lifecycle import cancel_and_wait
 from streamproc.sources.ticketmatic.client import EventstreamClient
 from streamproc.sources.ticketmatic.ownership import Ownership
 from streamproc.sources.ticketmatic.poller import AccountPoller, Fenced
@@ -128,9 +129,7 @@ class PollService:
                 log.warning(
                     "%s did not stop within %.0f s; cancelled", task.get_name(), self.stop_timeout_s
                 )
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(late)
         for run in stopping if handed_over else ():
             # The new owner reports this account's lag; a stale value here would mislead
             # the alerts that take the minimum headroom per account.

@@ -27,7 +27,7 @@ from streamproc.config import Settings
 from streamproc.dlq import DeadLetter
 from streamproc.errors import StreamprocError, TransportError
 from streamproc.health import Health
-from streamproc.lifecycle import Service
+from streamproc.lifecycle import Service, cancel_and_wait
 from streamproc.sources.ticketure.audit_shape import Accepted
 from streamproc.sources.ticketure.records import ENCODER
 from streamproc.topics import Topics
@@ -81,10 +81,7 @@ class KafkaWriter(Service):
     async def stop(self) -> None:
         """Stop probing, flush what is pending (within ``stop_timeout_s``), disconnect."""
         probe, self._probe = self._probe, None
-        if probe is not None:
-            probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probe
+        await cancel_and_wait([probe])
         await self._close(self._producer)
         self._producer = None
         self._up = False
