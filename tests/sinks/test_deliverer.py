@@ -312,3 +312,23 @@ async def test_topics_exist_for_the_prefix(kafka_settings: Settings) -> None:
     names = {row["topic"] for row in await topics.describe(kafka_settings) if row["exists"]}
     t = Topics.for_prefix(kafka_settings.topic_prefix)
     assert {t.batches, t.dlq} <= names
+
+
+def test_the_mparticle_settings_reach_the_deliverer(kafka_settings: Settings) -> None:
+    """Built from settings alone (as `streamproc run` builds it), it takes every retry setting."""
+    sim = MParticleSim(api_key=API_KEY, api_secret=API_SECRET)
+    settings = deliver_settings(
+        kafka_settings,
+        sim,
+        backoff_base_s=0.3,
+        auth_retry_s=5.0,
+        max_retries=3,
+        shutdown_timeout_s=4.0,
+    )
+    deliverer = Deliverer(settings)
+    assert deliverer.sender.backoff_base_s == 0.3
+    assert deliverer.sender.auth_retry_s == 5.0
+    assert deliverer.sender.max_retries == 3
+    assert deliverer.shutdown_timeout_s == 4.0
+    unlimited = Deliverer(deliver_settings(kafka_settings, sim, max_retries=0))
+    assert unlimited.sender.max_retries is None  # 0: retried without limit

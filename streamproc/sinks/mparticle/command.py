@@ -47,10 +47,6 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         settings,
         health=health,
         group_id=args.group_id,
-        backoff_base_s=mp.backoff_base_s,
-        auth_retry_s=mp.auth_retry_s,
-        max_retries=mp.max_retries or None,
-        shutdown_timeout_s=mp.shutdown_timeout_s,
     )
     monitor = LagMonitor(
         settings, deliverer.group_id, [deliverer.topics.batches], interval_s=args.lag_interval

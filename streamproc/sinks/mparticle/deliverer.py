@@ -84,11 +84,11 @@ class Deliverer(Service):
         *,
         health: Health | None = None,
         group_id: str | None = None,
-        backoff_base_s: float = 0.5,
-        auth_retry_s: float = 30.0,
+        backoff_base_s: float | None = None,
+        auth_retry_s: float | None = None,
         max_retries: int | None = None,
         commit_interval_s: float = 1.0,
-        shutdown_timeout_s: float = 10.0,
+        shutdown_timeout_s: float | None = None,
         revoke_timeout_s: float = 10.0,
         blocked_poll_s: float = 1.0,
         idle_poll_s: float = 0.5,
@@ -107,7 +107,9 @@ class Deliverer(Service):
         self.read_ahead = max(read_ahead, self.max_in_flight)
         self.linger_s = mp.linger_ms / 1000
         self.commit_interval_s = commit_interval_s
-        self.shutdown_timeout_s = shutdown_timeout_s
+        self.shutdown_timeout_s = (
+            mp.shutdown_timeout_s if shutdown_timeout_s is None else shutdown_timeout_s
+        )
         self.revoke_timeout_s = revoke_timeout_s
         self.blocked_poll_s = blocked_poll_s
         self.idle_poll_s = idle_poll_s
@@ -126,10 +128,11 @@ class Deliverer(Service):
             self.client,
             self.limiter,
             health=self.health,
-            backoff_base_s=backoff_base_s,
+            backoff_base_s=mp.backoff_base_s if backoff_base_s is None else backoff_base_s,
             backoff_max_s=mp.backoff_max_s,
-            auth_retry_s=auth_retry_s,
-            max_retries=max_retries,
+            auth_retry_s=mp.auth_retry_s if auth_retry_s is None else auth_retry_s,
+            # mparticle.max_retries 0 means no limit.
+            max_retries=max_retries if max_retries is not None else (mp.max_retries or None),
         )
         self._batcher = Batcher()
         self._tracker = OffsetTracker()
