@@ -183,7 +183,12 @@ DL_BATCHES = Counter(
     "Batches by outcome (delivered, dead_lettered).",
     ["outcome"],
 )
-DL_RETRIES = Counter("streamproc_deliver_retries_total", "Requests retried, by reason.", ["reason"])
+DL_RETRIES = Counter(
+    "streamproc_deliver_retries_total",
+    "Requests retried, by reason (rate_limited, server_error, transport, auth, client_error, "
+    "split).",
+    ["reason"],
+)
 DL_IN_FLIGHT = Gauge("streamproc_deliver_in_flight", "Bulk requests in flight.")
 DL_LATENCY = Histogram(
     "streamproc_deliver_request_seconds",

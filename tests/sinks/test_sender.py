@@ -220,3 +220,16 @@ async def test_retry_limit_dead_letters_when_configured(
         (1, "retries_exhausted"),
     ]
     assert sim.stats.answers == {"503": 3}
+
+
+async def test_other_4xx_is_retried_not_dead_lettered(
+    sim: MParticleSim, client: MParticleClient
+) -> None:
+    """A 404 (say, a wrong base_url) is not about the batches: retried, nothing parked."""
+    before = metric("streamproc_deliver_retries_total", reason="client_error")
+    parked = Parked()
+    sim.fail_next(404, count=2)
+    await sender(client).send(batches(10), parked)
+    assert parked.items == []
+    assert sim.stats.batches_stored == 10
+    assert metric("streamproc_deliver_retries_total", reason="client_error") == before + 2

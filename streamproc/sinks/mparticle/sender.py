@@ -4,8 +4,11 @@
 - 429: wait ``Retry-After`` (else backoff with jitter) and lower the client rate.
 - 5xx, timeouts, refused connections: exponential backoff with jitter, without limit by
   default (``max_retries``), then the request is sent again byte for byte.
-- 400 (and other 4xx): the request is split in halves, recursively, until the batches
-  mParticle refuses are alone; those are dead-lettered with mParticle's answer.
+- 400, 413, 422: the request is split in halves, recursively, until the batches mParticle
+  refuses are alone; those are dead-lettered with mParticle's answer.
+- Any other 4xx (404, 405, 408, 409...) says nothing about the batches (a wrong
+  ``mparticle.base_url``, a proxy): dead-lettering would empty the stream into the DLQ.
+  The request is retried every ``auth_retry_s``, with an ERROR naming the URL.
 - 401/403: delivery pauses. Readiness goes false, ``DL_AUTH_FAILED`` is 1 and an ERROR is
   logged; the request is tried again every ``auth_retry_s`` until the credentials work.
 """
@@ -39,6 +42,8 @@ from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
 log = logging.getLogger(__name__)
 
 AUTH_COMPONENT = "mparticle_credentials"
+# The answers that refuse the batches themselves: split to find which.
+SPLIT_STATUSES = frozenset({400, 413, 422})
 
 # (batch, reason code, reason): writes the batch to the dead-letter topic durably.
 DeadLetterFn = Callable[[Batch, str, str], Awaitable[None]]
@@ -95,6 +100,11 @@ class Sender:
                 await self._sleep(self.auth_retry_s)
                 continue
             except BadRequest as exc:
+                if exc.status not in SPLIT_STATUSES:
+                    self._misrouted(exc)
+                    metrics.DL_RETRIES.labels("client_error").inc()
+                    await self._sleep(self.auth_retry_s)
+                    continue
                 # mParticle checks credentials first: a 400 means they work.
                 self._auth_accepted()
                 await self._split(batches, exc, dead_letter)
@@ -193,6 +203,15 @@ class Sender:
             label = source.decode("utf-8", "replace")
             histogram = self._e2e[source] = metrics.END_TO_END.labels(label)
         return histogram
+
+    def _misrouted(self, exc: BadRequest) -> None:
+        log.error(
+            "mParticle answers HTTP %d for %s: check mparticle.base_url; nothing is dropped, "
+            "retrying every %.0f s",
+            exc.status,
+            self.client.url,
+            self.auth_retry_s,
+        )
 
     def _auth_refused(self, exc: AuthError) -> None:
         now = time.monotonic()
