@@ -216,7 +216,11 @@ class Receiver(Service):
         try:
             accepted, skipped = decode(body)
         except DecodeError as exc:
-            await self._dead_letter(route, sender_b, body, received_ms, exc)
+            if not await self._dead_letter(route, sender_b, body, received_ms, exc):
+                # Answered 400, the sender would never send it again: let it retry instead.
+                raise self._unavailable(
+                    "Kafka is unavailable to keep this refused push; retry later", "unavailable"
+                ) from None
             raise Rejected(400, "VALIDATION_ERROR", str(exc), "invalid", field=exc.field) from None
         if accepted:
             try:
@@ -279,7 +283,8 @@ class Receiver(Service):
 
     async def _dead_letter(
         self, route: str, sender: bytes, body: bytes, received_ms: int, exc: DecodeError
-    ) -> None:
+    ) -> bool:
+        """Park the refused body in the DLQ; False if Kafka did not take it."""
         letter = DeadLetter(
             stage="receive",
             source=SOURCE_LABEL,
@@ -295,8 +300,10 @@ class Receiver(Service):
                 ("route", route.encode()),
             ],
         )
-        if await self.writer.dead_letter(letter):
-            letter.count()
+        if not await self.writer.dead_letter(letter):
+            return False
+        letter.count()
+        return True
 
     # --- the three body shapes -------------------------------------------------------
 

@@ -201,6 +201,32 @@ async def test_undecodable_authenticated_bodies_are_dead_lettered(
     assert kafka.header(letter.headers, kafka.H_ORIGIN_TOPIC) == topic_names(rx_settings).ticketure
 
 
+async def test_a_refused_push_kafka_cannot_keep_is_answered_503(
+    receiver: Receiver,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No 400 until the refused body is in the DLQ: the sender gets 503 and retries."""
+
+    async def refused(_letter: object) -> bool:
+        return False
+
+    monkeypatch.setattr(receiver.writer, "dead_letter", refused)
+    before = metric(
+        "streamproc_dead_lettered_total", stage="receive", source="ticketure", reason="invalid"
+    )
+    bad = orjson.dumps(ticket(occurred_at="yesterday"))
+    got, answer_headers, _ = await post(http, receiver, "/ticketure/events", bad, BASIC)
+    assert got == 503
+    assert "Retry-After" in answer_headers
+    assert (
+        metric(
+            "streamproc_dead_lettered_total", stage="receive", source="ticketure", reason="invalid"
+        )
+        == before
+    )
+
+
 async def test_replayed_pushes_carry_the_same_item_ids(
     receiver: Receiver, rx_settings: Settings, http: aiohttp.ClientSession
 ) -> None:
@@ -224,7 +250,8 @@ async def test_replayed_pushes_carry_the_same_item_ids(
 async def test_kafka_unreachable_answers_503_and_is_not_ready(
     rx_settings: Settings, http: aiohttp.ClientSession
 ) -> None:
-    """Without a broker: 503 with Retry-After, readiness false; bad bodies still get 400."""
+    """Without a broker: 503 with Retry-After, readiness false; a bad body too, since its
+    dead-letter copy cannot be kept (a 400 would end the sender's retries)."""
     nowhere = KafkaSettings(bootstrap_servers=f"127.0.0.1:{localkafka.free_port()}")
     settings = receiver_settings(Settings(topic_prefix=rx_settings.topic_prefix, kafka=nowhere))
     async with Receiver(
@@ -243,7 +270,7 @@ async def test_kafka_unreachable_answers_503_and_is_not_ready(
             metric("streamproc_items_rejected_total", source="ticketure", reason="unavailable")
             == before + 1
         )
-        assert (await post(http, rx, "/ticketure/events", b"[]", BASIC))[0] == 400
+        assert (await post(http, rx, "/ticketure/events", b"[]", BASIC))[0] == 503
 
 
 async def test_start_and_stop_are_idempotent(rx_settings: Settings) -> None:
