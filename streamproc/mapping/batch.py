@@ -134,7 +134,6 @@ class ScreenView(
 
 
 Event = CustomEvent | CommerceEvent | ScreenView
-EventData = CustomEventData | CommerceEventData | ScreenViewData
 
 
 class Batch(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):

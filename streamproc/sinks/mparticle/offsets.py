@@ -46,9 +46,6 @@ class PartitionProgress:
     def fetched(self, offset: int) -> None:
         self._order.append(offset)
 
-    def fetched_many(self, offsets: Iterable[int]) -> None:
-        self._order.extend(offsets)
-
     def fetched_all(self, items: Iterable[Positioned]) -> None:
         self._order.extend(map(_OFFSET, items))
 
@@ -85,10 +82,6 @@ class OffsetTracker:
 
     def fetched(self, tp: TopicPartition, offset: int) -> None:
         self._part(tp).fetched(offset)
-
-    def fetched_many(self, tp: TopicPartition, offsets: Iterable[int]) -> None:
-        """Offsets of one partition, in fetch order."""
-        self._part(tp).fetched_many(offsets)
 
     def fetched_all(self, tp: TopicPartition, items: Iterable[Positioned]) -> None:
         """Records of partition ``tp``, in fetch order."""
