@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -72,10 +72,27 @@ def counted(stage: str, source: str, reason_code: str, n: int = 1) -> None:
     metrics.DEAD_LETTERED.labels(stage, source, reason_code).inc(n)
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit", type=int, default=100, help="at most this many records")
+    parser.add_argument(
+        "--limit", type=_positive(int), default=100, help="at most this many records"
+    )
     parser.add_argument("--reason", help="only records whose reason contains this text")
-    parser.add_argument("--timeout", type=float, default=5.0, help="stop after this idle time")
+    parser.add_argument(
+        "--timeout", type=_positive(float), default=5.0, help="stop after this idle time (s)"
+    )
 
 
 async def command(settings: Settings, args: argparse.Namespace) -> int:

@@ -91,3 +91,15 @@ def test_sigterm_while_starting_ends_cleanly() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "stopped (SIGTERM) while starting" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--limit", "0"), ("--limit", "x"), ("--timeout", "-1")]
+)
+def test_dlq_options_must_be_positive(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["dlq", "inspect", option, value])
+    assert exited.value.code == 2
+    assert option in capsys.readouterr().err
