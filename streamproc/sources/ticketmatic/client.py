@@ -20,6 +20,7 @@ from streamproc.config import TicketmaticAccount
 from streamproc.errors import DecodeError, TransportError, http_error, parse_retry_after
 from streamproc.lifecycle import Service
 from streamproc.sources.ticketmatic import auth
+from streamproc.sources.ticketmatic.cursor import position_key
 from streamproc.sources.ticketmatic.items import EventstreamPage
 
 _PAGE_DECODER = msgspec.json.Decoder(EventstreamPage)
@@ -29,13 +30,20 @@ USER_AGENT = "streamproc-poller"
 def decode_page(body: bytes) -> EventstreamPage:
     """A page from the body of a 200; DecodeError naming the field and the reason."""
     try:
-        return _PAGE_DECODER.decode(body)
+        page = _PAGE_DECODER.decode(body)
     except msgspec.ValidationError as exc:
         message = str(exc)
         field = message.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in message else "page"
         raise DecodeError(field, message.split(" - at ")[0]) from None
     except msgspec.DecodeError as exc:
         raise DecodeError("page", f"not JSON: {exc}") from None
+    try:
+        # The cursor moves to nextid: one that is not a position would stall the poller
+        # silently, asking for the same page forever.
+        position_key(page.nextid)
+    except ValueError as exc:
+        raise DecodeError("nextid", str(exc)) from None
+    return page
 
 
 class EventstreamClient(Service):

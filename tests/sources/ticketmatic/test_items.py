@@ -129,3 +129,12 @@ def test_malformed_pages_are_decode_errors(body: bytes, field: str) -> None:
         jsonschema.validate(
             orjson.loads(body) if body.startswith(b"{") else body.decode(), load_schema(PAGE_SCHEMA)
         )
+
+
+@pytest.mark.parametrize("nextid", ["garbage", "", "12-x"])
+def test_a_nextid_that_is_no_position_is_a_decode_error(nextid: str) -> None:
+    """The cursor moves to nextid: one that does not parse would stall the poller silently."""
+    body = orjson.dumps({"results": [], "nextid": nextid, "moreresults": True})
+    with pytest.raises(DecodeError) as caught:
+        decode_page(body)
+    assert caught.value.field == "nextid"
