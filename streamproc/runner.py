@@ -27,6 +27,7 @@ from streamproc.lag import LagMonitor
 from streamproc.lifecycle import stop_on_signals
 from streamproc.mapping.processor import MapProcessor
 from streamproc.sinks.mparticle.deliverer import Deliverer
+from streamproc.sources.ticketmatic.command import check_accounts
 from streamproc.sources.ticketmatic.service import PollService
 from streamproc.sources.ticketure.receiver import Receiver
 from streamproc.topics import Topics
@@ -57,6 +58,7 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
             "mparticle.api_key / api_secret (STREAMPROC_MPARTICLE_API_KEY, _API_SECRET)",
             "required to deliver",
         )
+    check_accounts(settings, required=False)
     if not settings.ticketmatic.accounts and not settings.receiver.senders:
         raise ConfigError(
             "ticketmatic.accounts / receiver.senders",

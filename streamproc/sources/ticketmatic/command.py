@@ -40,11 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_accounts(settings: Settings) -> None:
-    """ConfigError for what would only fail later: no account, a bad start_ts, a repeat."""
+def check_accounts(settings: Settings, *, required: bool = True) -> None:
+    """ConfigError for what would only fail later: no account (if ``required``), a bad
+    start_ts, a name given twice. ``streamproc poll`` and ``streamproc run`` both check."""
     setting = "ticketmatic.accounts (STREAMPROC_TICKETMATIC_ACCOUNTS)"
     accounts = settings.ticketmatic.accounts
-    if not accounts:
+    if not accounts and required:
         raise ConfigError(setting, "no account to poll")
     names = [a.name for a in accounts]
     if len(set(names)) != len(names):
@@ -67,7 +68,7 @@ async def _cursor_topic_exists(settings: Settings) -> bool:
 
 
 async def command(settings: Settings, args: argparse.Namespace) -> int:
-    _check_accounts(settings)
+    check_accounts(settings)
     if not await _cursor_topic_exists(settings):
         log.error(
             "topic %s is missing: run `streamproc topics ensure` first",

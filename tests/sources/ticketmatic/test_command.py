@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from streamproc.config import Secret, Settings, TicketmaticAccount, TicketmaticSettings
+from streamproc import runner
+from streamproc.config import (
+    MParticleSettings,
+    Secret,
+    Settings,
+    TicketmaticAccount,
+    TicketmaticSettings,
+)
 from streamproc.errors import ConfigError
 from streamproc.sources.ticketmatic import command
 from tests.procs import Proc, settings_env
@@ -34,6 +42,25 @@ async def test_bad_account_settings_are_config_errors(settings: Settings, reason
     """No account, a repeated name or an unreadable start_ts: ConfigError naming the setting."""
     with pytest.raises(ConfigError, match=reason) as caught:
         await command.command(settings, argparse.Namespace(session_timeout=10.0, backoff_base=0.5))
+    assert "ticketmatic.accounts" in caught.value.setting
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        (with_accounts(acme(), acme()), "appears twice"),
+        (with_accounts(acme(start_ts="last tuesday")), "not an ISO 8601 time"),
+    ],
+    ids=["twice", "bad-start-ts"],
+)
+async def test_run_refuses_the_same_account_settings(settings: Settings, reason: str) -> None:
+    """`streamproc run` checks the accounts as `poll` does, before starting anything."""
+    settings = msgspec.structs.replace(
+        settings,
+        mparticle=MParticleSettings(api_key="k", api_secret=Secret("s")),
+    )
+    with pytest.raises(ConfigError, match=reason) as caught:
+        await runner.command(settings, argparse.Namespace(lag_interval=5.0))
     assert "ticketmatic.accounts" in caught.value.setting
 
 
