@@ -293,6 +293,10 @@ def load_settings(
             raise ConfigError("config", f"file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("config", f"{path} is not UTF-8 text") from None
+        except OSError as exc:  # a directory, no permission...
+            raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
     data = _merge(data, _env_overrides(env))
     try:
         return msgspec.convert(data, Settings, strict=False, dec_hook=_dec_hook)

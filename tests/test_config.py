@@ -111,3 +111,16 @@ def test_to_env_round_trips_every_setting() -> None:
         }
     )
     assert load_settings(env=to_env(settings)) == settings
+
+
+def test_unreadable_config_files_are_config_errors(tmp_path: Path) -> None:
+    """Missing, a directory, not UTF-8, not TOML: each a ConfigError naming the file."""
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'topic_prefix = "caf\xe9"\n')
+    broken = tmp_path / "broken.toml"
+    broken.write_text("topic_prefix = \n", encoding="utf-8")
+    for path in (tmp_path / "missing.toml", tmp_path, latin, broken):
+        with pytest.raises(ConfigError) as info:
+            load_settings(str(path), env={})
+        assert info.value.setting == "config"
+        assert str(path) in info.value.reason
