@@ -115,6 +115,13 @@ class PushSender(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     key: str = ""
     secret: Secret
 
+    def __post_init__(self) -> None:
+        # Empty credentials would accept any request that sends empty ones.
+        if not self.secret.reveal():
+            raise ValueError("secret: must not be empty")
+        if self.auth == "basic" and not self.key:
+            raise ValueError("key: required with basic auth")
+
 
 class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "0.0.0.0"  # noqa: S104 -- a server in a pod listens on all interfaces

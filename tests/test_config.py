@@ -63,6 +63,14 @@ def test_scalars_and_lists_from_environment() -> None:
         ({"STREAMPROC_TOPIC_PREFIX": "bad prefix!"}, "STREAMPROC_TOPIC_PREFIX"),
         ({"STREAMPROC_TICKETMATIC_ACCOUNTS": "[{"}, "STREAMPROC_TICKETMATIC_ACCOUNTS"),
         ({"STREAMPROC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "STREAMPROC_KAFKA"),
+        (
+            {"STREAMPROC_RECEIVER_SENDERS": '[{"name": "t", "key": "k", "secret": ""}]'},
+            "STREAMPROC_RECEIVER_SENDERS",
+        ),
+        (
+            {"STREAMPROC_RECEIVER_SENDERS": '[{"name": "t", "secret": "s"}]'},
+            "STREAMPROC_RECEIVER_SENDERS",
+        ),
     ],
 )
 def test_invalid_setting_is_named(env: dict[str, str], named: str) -> None:
