@@ -98,13 +98,17 @@ async def _produce(settings: Settings, values: list[bytes]) -> None:
     producer = kafka.producer(settings.kafka, linger_ms=10, max_batch_size=256 * 1024)
     await producer.start()
     try:
-        now = str(int(time.time() * 1000)).encode()
+        # Item times as a live stream has them: each batch its own, ten per millisecond.
+        start_ms = int(time.time() * 1000) - len(values) // 10
         futures = [
             await producer.send(
                 topic,
                 value,
                 key=b"ref-%d" % (i % 5000),
-                headers=[(kafka.H_SOURCE, b"ticketmatic"), (kafka.H_ITEM_TIME, now)],
+                headers=[
+                    (kafka.H_SOURCE, b"ticketmatic"),
+                    (kafka.H_ITEM_TIME, b"%d" % (start_ms + i // 10)),
+                ],
             )
             for i, value in enumerate(values)
         ]

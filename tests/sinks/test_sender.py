@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,44 @@ async def test_202_delivers_and_observes_end_to_end(
     assert parked.items == []
     assert metric("streamproc_deliver_batches_total", outcome="delivered") == delivered + 5
     assert metric("streamproc_end_to_end_seconds_count", source="ticketure") == e2e + 5
+
+
+async def test_end_to_end_buckets_each_batch_by_its_own_source_and_time(
+    sim: MParticleSim, client: MParticleClient
+) -> None:
+    """Mixed sources and item times in one request: each batch in its own bucket and sum."""
+    now_ms = int(time.time() * 1000)
+    ages_s = {"ticketmatic": [0.0, 2 * 3600, 5 * 3600], "ticketure": [20.0, 20.0]}
+    headers = [
+        [("source", source.encode()), ("item_time_ms", str(int(now_ms - age * 1000)).encode())]
+        for source, ages in ages_s.items()
+        for age in ages
+    ]
+    headers.append([("source", b"ticketure"), ("item_time_ms", b"not a time")])
+    headers.append([("source", b"ticketure")])  # no item time: delivered, not observed
+    request = [
+        Record("batches", 0, i, None, encode(make_batch(i)), h) for i, h in enumerate(headers)
+    ]
+
+    def e2e(kind: str, source: str, **labels: str) -> float:
+        return metric(f"streamproc_end_to_end_seconds_{kind}", source=source, **labels)
+
+    before = {
+        (source, le): e2e("bucket", source, le=le)
+        for source in ages_s
+        for le in ("1.0", "30.0", "14400.0", "+Inf")
+    }
+    sums = {source: e2e("sum", source) for source in ages_s}
+    await sender(client).send(request, Parked())
+    assert sim.stats.batches_stored == 7
+
+    def added(source: str, le: str) -> float:
+        return e2e("bucket", source, le=le) - before[source, le]
+
+    assert [added("ticketmatic", le) for le in ("1.0", "30.0", "14400.0", "+Inf")] == [1, 1, 2, 3]
+    assert [added("ticketure", le) for le in ("1.0", "30.0", "14400.0", "+Inf")] == [0, 2, 2, 2]
+    assert e2e("sum", "ticketmatic") - sums["ticketmatic"] == pytest.approx(7 * 3600, abs=5)
+    assert e2e("sum", "ticketure") - sums["ticketure"] == pytest.approx(40, abs=5)
 
 
 async def test_400_splits_and_dead_letters_only_the_bad(

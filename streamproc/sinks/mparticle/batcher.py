@@ -10,13 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from operator import attrgetter
+from typing import Any, Protocol
 
 from streamproc.sinks.mparticle.offsets import Positioned
 
 MAX_BATCHES = 100
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_BATCH_BYTES = 128 * 1024
+_VALUE: Callable[[Any], bytes] = attrgetter("value")
 
 
 class Batch(Positioned, Protocol):
@@ -68,7 +70,7 @@ def reject_reason(value: bytes | None, max_batch_bytes: int = MAX_BATCH_BYTES) -
 
 def request_body(batches: Sequence[Batch]) -> bytes:
     """The bulk request body: the batches' bytes as a JSON array, unchanged."""
-    return b"[" + b",".join(b.value for b in batches) + b"]"
+    return b"[" + b",".join(map(_VALUE, batches)) + b"]"
 
 
 class Batcher:
