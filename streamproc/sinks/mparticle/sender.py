@@ -20,8 +20,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from operator import attrgetter, methodcaller
-from typing import Any
 
 from streamproc import metrics
 from streamproc.backoff import Backoff
@@ -48,10 +46,6 @@ SPLIT_STATUSES = frozenset({400, 413, 422})
 
 # (batch, reason code, reason): writes the batch to the dead-letter topic durably.
 DeadLetterFn = Callable[[Batch, str, str], Awaitable[None]]
-
-_HEADERS: Callable[[Any], Any] = attrgetter("headers")
-_SOURCE: Callable[[dict[str, bytes]], bytes] = methodcaller("get", H_SOURCE, b"unknown")
-_ITEM_TIME: Callable[[dict[str, bytes]], bytes] = methodcaller("get", H_ITEM_TIME, b"")
 
 
 class Sender:
@@ -184,23 +178,27 @@ class Sender:
 
     def _delivered(self, batches: Sequence[Batch]) -> None:
         self._delivered_count.inc(len(batches))
-        if not batches:
-            return
-        # Every batch counts in the end-to-end histogram. This runs for every batch
-        # delivered, so the headers are read with C-level maps, not a loop in Python.
-        found = list(map(dict, map(_HEADERS, batches)))
-        sources: list[bytes] = list(map(_SOURCE, found))
-        times: list[bytes] = list(map(_ITEM_TIME, found))
-        groups: dict[bytes, list[bytes]]
-        if sources.count(sources[0]) == len(sources):
-            groups = {sources[0]: times}
-        else:
-            groups = {}
-            for source, item_ms in zip(sources, times, strict=True):
-                groups.setdefault(source, []).append(item_ms)
+        # Every batch counts in the end-to-end histogram of its source. This runs for every
+        # batch delivered: one plain loop over the headers (faster than dict() per batch),
+        # then per source one sort and one bisection per bucket.
+        by_source: dict[bytes, list[bytes]] = {}
+        item_time, source_name = H_ITEM_TIME, H_SOURCE
+        for batch in batches:
+            item_ms, source = b"", b"unknown"
+            for name, value in batch.headers:
+                if name == item_time:
+                    item_ms = value
+                elif name == source_name:
+                    source = value
+            times = by_source.get(source)
+            if times is None:
+                times = by_source[source] = []
+            times.append(item_ms)
         now_ms = time.time() * 1000
-        for source, item_times in groups.items():
-            ages = [max(0.0, now_ms - int(ms)) / 1000 for ms in item_times if ms.isdigit()]
+        for source, times in by_source.items():
+            # A missing or broken item time is not observed (bytes.isdigit is ASCII only).
+            millis = map(int, filter(bytes.isdigit, times))
+            ages = [(now_ms - ms) / 1000 if ms < now_ms else 0.0 for ms in millis]
             self._histogram(source).observe_all(ages)
 
     def _histogram(self, source: bytes) -> RepeatSeries:
