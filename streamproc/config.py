@@ -62,6 +62,9 @@ class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ssl_check_hostname: bool = True
     request_timeout_ms: int = 40_000
     fetch_max_wait_ms: int = 100
+    # Producers compress each record batch: the JSON streamproc writes shrinks several
+    # times over, and a consumer then reads, copies and checksums that much less.
+    compression_type: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
     # A transaction left open by a crashed process blocks read_committed readers until
     # the broker aborts it: keep this short so recovery after a SIGKILL is quick.
     transaction_timeout_ms: int = 30_000

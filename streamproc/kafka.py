@@ -61,9 +61,11 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
 
 
 def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
-    """An idempotent, ``acks=all`` producer; pass ``transactional_id`` for transactions."""
+    """An idempotent, ``acks=all``, compressing producer; ``transactional_id`` for transactions."""
     opts = client_options(settings)
     opts.update(enable_idempotence=True, acks="all", linger_ms=5)
+    if settings.compression_type != "none":
+        opts["compression_type"] = settings.compression_type
     if overrides.get("transactional_id"):
         opts["transaction_timeout_ms"] = settings.transaction_timeout_ms
     opts.update(overrides)

@@ -22,19 +22,34 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """bootstrap.servers of the session's broker (started here unless given)."""
+def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path | None]]:
+    """bootstrap.servers of the session's broker, and its data folder if started here."""
     given = os.environ.get("STREAMPROC_KAFKA_BOOTSTRAP_SERVERS")
     if given:
-        yield given
+        yield given, None
         return
     port = localkafka.free_port()
     data = tmp_path_factory.mktemp("kafka")
     localkafka.up(port, data)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", data
     finally:
         localkafka.down(port, data)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_broker: tuple[str, Path | None]) -> str:
+    """bootstrap.servers of the session's broker (started here unless given)."""
+    return local_broker[0]
+
+
+@pytest.fixture
+def kafka_log_dirs(local_broker: tuple[str, Path | None]) -> Path:
+    """The broker's log directories (one folder per partition); skips for a given broker."""
+    data = local_broker[1]
+    if data is None:
+        pytest.skip("STREAMPROC_KAFKA_BOOTSTRAP_SERVERS names a broker whose disk is not ours")
+    return data / "logs"
 
 
 @pytest.fixture
