@@ -11,7 +11,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 
-from streamproc import cli, topics
+from streamproc import cli, kafka, topics
 from streamproc.bench import Row
 from streamproc.config import KafkaSettings, Settings, TopicSettings
 
@@ -53,8 +53,24 @@ async def run(names: list[str], bootstrap: str) -> list[tuple[str, Row]]:
         module = importlib.import_module(BENCHMARKS[name])
         bench: Callable[[Settings], Awaitable[list[Row]]] = module.bench
         print(f"running {name}...", file=sys.stderr, flush=True)
-        rows += [(name, row) for row in await bench(settings)]
+        try:
+            rows += [(name, row) for row in await bench(settings)]
+        finally:
+            await drop_topics(settings)
     return rows
+
+
+async def drop_topics(settings: Settings) -> None:
+    """Delete a benchmark's topics: a broker that ran ``make bench`` a hundred times would
+    otherwise hold gigabytes and thousands of partitions, and take minutes to start."""
+    client = kafka.admin(settings.kafka)
+    await client.start()
+    try:
+        names = [t for t in await client.list_topics() if t.startswith(settings.topic_prefix)]
+        if names:
+            await client.delete_topics(names)
+    finally:
+        await client.close()
 
 
 def main() -> None:
