@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from itertools import groupby
+from itertools import groupby, islice, takewhile
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -55,12 +55,14 @@ class PartitionProgress:
     def advance(self) -> int | None:
         """Move past the finished prefix; return the commit position (None if none yet)."""
         order, done = self._order, self._done
-        while order and order[0] in done:
-            offset = order.popleft()
-            done.discard(offset)
+        # C-level scans: this runs once for every record delivered.
+        prefix = list(takewhile(done.__contains__, order))
+        if prefix:
+            self._order = deque(islice(order, len(prefix), None))
+            done.difference_update(prefix)
             # Offsets are not contiguous under read_committed (transaction markers), so the
             # position is the last finished record + 1, not a count.
-            self.position = offset + 1
+            self.position = prefix[-1] + 1
         return self.position
 
     def unfinished(self) -> int:
