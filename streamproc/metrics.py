@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -34,28 +34,30 @@ class RepeatSeries:
             self._counts[index] += times
             self.sum += value * times
 
-    def observe_all(self, values: list[float]) -> None:
-        """Record every one of ``values`` (sorted in place), as one ``observe`` each would.
+    def observe_ages(self, now_ms: float, times_ms: Sequence[int]) -> None:
+        """Record the age at ``now_ms`` of each of ``times_ms``, as one ``observe`` each would.
 
-        Delivery observes every batch it delivers: sorted, the values of a request are
-        counted with one bisection per bucket rather than one per value.
+        ``times_ms`` are epoch milliseconds sorted ascending; an age is in seconds, and a
+        time after ``now_ms`` is 0 s old. One bisection per bucket, nothing per time.
         """
-        if not values:
+        n = len(times_ms)
+        if not n:
             return
-        values.sort()
-        counts, start, last = self._counts, 0, len(values)
         added: list[tuple[int, int]] = []
+        counted = 0
         for index, le in enumerate(self._upper):
-            end = bisect_right(values, le)  # the values <= le
-            if end > start:
-                added.append((index, end - start))
-                start = end
-                if end == last:
+            # age <= le  <=>  time >= now - le: how many are that young, minus those counted.
+            young = n - bisect_left(times_ms, now_ms - le * 1000)
+            if young > counted:
+                added.append((index, young - counted))
+                counted = young
+                if counted == n:
                     break
-        total = sum(values)
+        past = bisect_left(times_ms, now_ms)  # the later ones add 0 s to the sum
+        total = (past * now_ms - sum(times_ms[:past])) / 1000
         with self._lock:
             for index, count in added:
-                counts[index] += count
+                self._counts[index] += count
             self.sum += total
 
     def cumulative(self) -> list[int]:

@@ -46,26 +46,30 @@ def test_one_call_for_many_equals_many_observe_calls(
         assert got[key] == pytest.approx(value), key
 
 
+NOW_MS = 1_700_000_000_000
+
+
 @given(
     st.lists(
         st.tuples(
             st.sampled_from(["ticketmatic", "ticketure"]),
-            st.lists(st.floats(min_value=0, max_value=20_000, allow_nan=False), max_size=40),
+            # Item times from 6 h before now to 1 s after it (a clock ahead: 0 s old).
+            st.lists(st.integers(NOW_MS - 6 * 3600 * 1000, NOW_MS + 1000), max_size=40),
         ),
         max_size=10,
     )
 )
-def test_observe_all_equals_one_observe_call_per_value(
-    observations: list[tuple[str, list[float]]],
+def test_observe_ages_equals_one_observe_call_per_age(
+    observations: list[tuple[str, list[int]]],
 ) -> None:
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     repeat = RepeatHistogram("e2e_seconds", "help", ["source"], E2E_BUCKETS, registry=ours)
     plain = Histogram("e2e_seconds", "help", ["source"], buckets=E2E_BUCKETS, registry=theirs)
-    for source, values in observations:
+    for source, times in observations:
         series = plain.labels(source)  # a series exists once labelled, observed or not
-        for value in values:
-            series.observe(value)
-        repeat.labels(source).observe_all(list(values))
+        for time_ms in times:
+            series.observe(max(0, NOW_MS - time_ms) / 1000)
+        repeat.labels(source).observe_ages(NOW_MS, sorted(times))
     got, want = samples(ours), samples(theirs)
     assert got.keys() == want.keys()
     for key, value in want.items():
@@ -83,11 +87,12 @@ def test_bucket_bounds_are_inclusive_and_exposed_as_text() -> None:
     assert 'age_seconds_bucket{le="+Inf",source="a"} 4.0' in text
     assert 'age_seconds_count{source="a"} 4.0' in text
     assert 'age_seconds_sum{source="a"} 8.5' in text
-    histogram.labels("b").observe_all([5.0, 1.0, 0.5, 7.0, 1.0])
+    # Ages 7, 5, 1, 1, 0.5 and 0 s (a time ahead of now).
+    histogram.labels("b").observe_ages(10_000, [3_000, 5_000, 9_000, 9_000, 9_500, 12_000])
     text = generate_latest(registry).decode()
-    assert 'age_seconds_bucket{le="1.0",source="b"} 3.0' in text
-    assert 'age_seconds_bucket{le="5.0",source="b"} 4.0' in text
-    assert 'age_seconds_bucket{le="+Inf",source="b"} 5.0' in text
+    assert 'age_seconds_bucket{le="1.0",source="b"} 4.0' in text
+    assert 'age_seconds_bucket{le="5.0",source="b"} 5.0' in text
+    assert 'age_seconds_bucket{le="+Inf",source="b"} 6.0' in text
     assert 'age_seconds_sum{source="b"} 14.5' in text
     assert "# TYPE age_seconds histogram" in text
 

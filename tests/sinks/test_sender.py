@@ -19,7 +19,7 @@ from streamproc.sim.mparticle_control import Control
 from streamproc.sinks.mparticle.batcher import Batch, Record, request_body
 from streamproc.sinks.mparticle.client import MParticleClient
 from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
-from streamproc.sinks.mparticle.sender import AUTH_COMPONENT, Sender
+from streamproc.sinks.mparticle.sender import AUTH_COMPONENT, Sender, item_times
 from tests.procs import wait_for
 from tests.sinks.support import API_KEY, API_SECRET, encode, make_batch, metric, request_id
 
@@ -164,6 +164,21 @@ async def test_end_to_end_buckets_each_batch_by_its_own_source_and_time(
     assert [added("ticketure", le) for le in ("1.0", "30.0", "14400.0", "+Inf")] == [0, 2, 2, 2]
     assert e2e("sum", "ticketmatic") - sums["ticketmatic"] == pytest.approx(7 * 3600, abs=5)
     assert e2e("sum", "ticketure") - sums["ticketure"] == pytest.approx(40, abs=5)
+
+
+def test_item_times_per_source_sorted_without_broken_ones() -> None:
+    """What the deliverer takes as it packs a request: per source, sorted epoch ms."""
+    headers = [
+        [("source", b"ticketure"), ("item_time_ms", b"30")],
+        [("item_time_ms", b"20"), ("source", b"ticketmatic")],
+        [("source", b"ticketure"), ("item_time_ms", b"10")],
+        [("source", b"ticketure"), ("item_time_ms", b"-5")],
+        [("source", b"ticketmatic"), ("item_time_ms", b"\xc2\xb2")],  # a superscript two
+        [("item_time_ms", b"40")],
+        [("source", b"ticketmatic")],
+    ]
+    request = [Record("batches", 0, i, None, b"{}", h) for i, h in enumerate(headers)]
+    assert item_times(request) == {b"ticketure": [10, 30], b"ticketmatic": [20], b"unknown": [40]}
 
 
 async def test_400_splits_and_dead_letters_only_the_bad(

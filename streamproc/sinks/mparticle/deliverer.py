@@ -48,7 +48,7 @@ from streamproc.sinks.mparticle.batcher import (
 from streamproc.sinks.mparticle.client import MParticleClient
 from streamproc.sinks.mparticle.offsets import OffsetTracker
 from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
-from streamproc.sinks.mparticle.sender import Sender
+from streamproc.sinks.mparticle.sender import ItemTimes, Sender, item_times
 from streamproc.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ class Deliverer(Service):
         )
         self._batcher = Batcher()
         self._tracker = OffsetTracker()
-        self._ready: deque[list[Batch]] = deque()
+        # Packed requests with their item times, waiting for a slot.
+        self._ready: deque[tuple[list[Batch], ItemTimes]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -233,7 +234,7 @@ class Deliverer(Service):
             ):
                 request = self._batcher.flush()
                 if request:
-                    self._ready.append(request)
+                    self._ready.append((request, item_times(request)))
             await self._commit()
 
     async def _fetch(self, consumer: AIOKafkaConsumer, timeout_s: float) -> int:
@@ -278,7 +279,7 @@ class Deliverer(Service):
                     if id(record) not in accepted
                 ]
             self._batcher.add_all(postable, full)
-        self._ready.extend(full)
+        self._ready.extend([(request, item_times(request)) for request in full])
         for batch, reason in rejected:
             size = len(batch.value or b"")
             await self._dead_letter(batch, reason, f"{size} bytes; not sent")
@@ -310,14 +311,14 @@ class Deliverer(Service):
 
     def _launch(self) -> None:
         while self._ready and len(self._tasks) < self.max_in_flight and not self._rebalancing:
-            request = self._ready.popleft()
-            task = asyncio.create_task(self._deliver(request, self._generation))
+            request, times = self._ready.popleft()
+            task = asyncio.create_task(self._deliver(request, times, self._generation))
             self._tasks.add(task)
             task.add_done_callback(self._request_done)
         metrics.DL_IN_FLIGHT.set(len(self._tasks))
 
-    async def _deliver(self, request: list[Batch], generation: int) -> None:
-        await self.sender.send(request, self._dead_letter)
+    async def _deliver(self, request: list[Batch], times: ItemTimes, generation: int) -> None:
+        await self.sender.send(request, self._dead_letter, times)
         if generation == self._generation:
             self._tracker.finished_all(request)
 
