@@ -176,6 +176,8 @@ def _main(argv: Sequence[str] | None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for warning in config.unknown_variables():
+        logging.getLogger("streamproc.config").warning("%s", warning)
     try:
         if path == ("config",):
             print(orjson.dumps(config.describe(settings), option=orjson.OPT_INDENT_2).decode())

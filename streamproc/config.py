@@ -10,10 +10,11 @@ and JSON form are ``'***'``, so they never reach a log, an error or ``describe``
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -227,23 +228,60 @@ def env_name(path: tuple[str, ...]) -> str:
     return ENV_PREFIX + "_".join(p.upper() for p in path)
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """The settings named by ``STREAMPROC_*`` variables, as a nested dict."""
-    out: dict[str, Any] = {}
+def _setting_fields() -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, type) of every setting: ("log_level",), ("kafka", "bootstrap_servers")..."""
     for field in msgspec.structs.fields(Settings):
         sub = field.type if isinstance(field.type, type) else None
         if sub is not None and issubclass(sub, msgspec.Struct):
-            section: dict[str, Any] = {}
             for sf in msgspec.structs.fields(sub):
-                name = env_name((field.name, sf.name))
-                if name in env:
-                    section[sf.name] = _env_value(env[name], sf.type, name)
-            if section:
-                out[field.name] = section
+                yield (field.name, sf.name), sf.type
         else:
-            name = env_name((field.name,))
-            if name in env:
-                out[field.name] = _env_value(env[name], field.type, name)
+            yield (field.name,), field.type
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings named by ``STREAMPROC_*`` variables, as a nested dict."""
+    out: dict[str, Any] = {}
+    for path, typ in _setting_fields():
+        name = env_name(path)
+        if name in env:
+            *sections, key = path
+            target = out
+            for section in sections:
+                target = target.setdefault(section, {})
+            target[key] = _env_value(env[name], typ, name)
+    return out
+
+
+# STREAMPROC_* variables that are not settings but are read elsewhere.
+_OTHER_VARIABLES = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "CACHE_DIR"})
+# What Kubernetes sets in every pod for a Service in the namespace (a Service named
+# "streamproc-receive" gives STREAMPROC_RECEIVE_SERVICE_HOST, STREAMPROC_RECEIVE_PORT...).
+_SERVICE_LINK = re.compile(r".+_(SERVICE_HOST|SERVICE_PORT(_.+)?|PORT_\d+_(TCP|UDP|SCTP)(_.+)?)")
+
+
+def setting_names() -> list[str]:
+    """Every ``STREAMPROC_*`` variable that sets a setting."""
+    return [env_name(path) for path, _ in _setting_fields()]
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """``STREAMPROC_*`` variables in ``env`` that set nothing, each with the likely meant one.
+
+    Not an error, unlike an unknown key in the file: Kubernetes adds ``STREAMPROC_*``
+    variables of its own to pods (service links, left out here when they look like one).
+    """
+    env = os.environ if env is None else env
+    known = setting_names()
+    out = []
+    for name, value in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name in _OTHER_VARIABLES or name in known:
+            continue
+        if _SERVICE_LINK.fullmatch(name) or (name.endswith("_PORT") and "://" in value):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"{name} is not a setting and is ignored{hint}")
     return out
 
 

@@ -53,6 +53,15 @@ def test_config_prints_settings_without_secrets() -> None:
     assert "s3cr3t" not in result.stdout + result.stderr
 
 
+def test_mistyped_variable_is_warned_about() -> None:
+    """A STREAMPROC_ variable that sets nothing is named in a warning; the command runs."""
+    result = run("config", env={"STREAMPROC_TOPIC_PREFX": "x.", "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" in result.stderr
+    assert "STREAMPROC_TOPIC_PREFX is not a setting" in result.stderr
+    assert "did you mean STREAMPROC_TOPIC_PREFIX?" in result.stderr
+
+
 def test_role_help_lists_role_options() -> None:
     """`streamproc sim ticketure --help` shows the options the role module adds."""
     result = run("sim", "ticketure", "--help")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamproc.config import Secret, describe, load_settings, to_env
+from streamproc.config import Secret, describe, load_settings, to_env, unknown_variables
 from streamproc.errors import ConfigError
 
 
@@ -132,3 +132,27 @@ def test_unreadable_config_files_are_config_errors(tmp_path: Path) -> None:
             load_settings(str(path), env={})
         assert info.value.setting == "config"
         assert str(path) in info.value.reason
+
+
+def test_unknown_variables_are_named_with_the_setting_meant() -> None:
+    """A mistyped STREAMPROC_ variable is reported; Kubernetes' service links are not."""
+    env = {
+        "STREAMPROC_MPARTICLE_API_KEYY": "k",
+        "STREAMPROC_NO_SUCH_THING": "1",
+        "STREAMPROC_MPARTICLE_API_KEY": "k",  # a setting
+        "STREAMPROC_CONFIG": "/etc/streamproc.toml",  # read, not a setting
+        "STREAMPROC_CACHE_DIR": "/var/cache/streamproc",
+        # What a Service named streamproc-receive puts in every pod of its namespace.
+        "STREAMPROC_RECEIVE_SERVICE_HOST": "10.0.0.7",
+        "STREAMPROC_RECEIVE_SERVICE_PORT_HTTP": "8080",
+        "STREAMPROC_RECEIVE_PORT": "tcp://10.0.0.7:8080",
+        "STREAMPROC_RECEIVE_PORT_8080_TCP_ADDR": "10.0.0.7",
+        "PATH": "/usr/bin",
+    }
+    assert unknown_variables(env) == [
+        "STREAMPROC_MPARTICLE_API_KEYY is not a setting and is ignored "
+        "(did you mean STREAMPROC_MPARTICLE_API_KEY?)",
+        "STREAMPROC_NO_SUCH_THING is not a setting and is ignored",
+    ]
+    del env["STREAMPROC_CONFIG"]
+    assert load_settings(env=env).mparticle.api_key == "k"  # the others change nothing

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
@@ -552,18 +551,6 @@ def configured_env() -> dict[str, str]:
     return {**cm["data"], **secret["stringData"]}
 
 
-def setting_env_names() -> set[str]:
-    """The STREAMPROC_* variable of every setting (as config.load_settings reads them)."""
-    names = {config.ENV_PREFIX + "CONFIG"}
-    for field in msgspec.structs.fields(config.Settings):
-        sub = field.type
-        if isinstance(sub, type) and issubclass(sub, msgspec.Struct):
-            names |= {config.env_name((field.name, f.name)) for f in msgspec.structs.fields(sub)}
-        else:
-            names.add(config.env_name((field.name,)))
-    return names
-
-
 def test_kustomization_lists_every_manifest() -> None:
     """kustomization.yaml names exactly the manifests in deploy/kubernetes, and they exist."""
     (kustomization,) = load_yaml((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
@@ -612,7 +599,7 @@ def test_every_role_pod_is_scraped_probed_and_stops_in_time() -> None:
 
 
 def test_every_pod_is_bounded_and_locked_down() -> None:
-    """Every pod, the Job's too: resources, non-root, read-only root, no privileges."""
+    """Every pod, the Job's too: resources, non-root, read-only root, no privileges, no links."""
     for workload in [*of_kind("Deployment"), *of_kind("Job")]:
         name = workload["metadata"]["name"]
         spec = workload["spec"]["template"]["spec"]
@@ -622,6 +609,8 @@ def test_every_pod_is_bounded_and_locked_down() -> None:
         assert spec["securityContext"]["runAsNonRoot"] == "true", name
         assert spec["securityContext"]["runAsUser"] != "0", name
         assert spec["automountServiceAccountToken"] == "false", name
+        # Service links would add STREAMPROC_RECEIVE_* variables to every pod.
+        assert spec["enableServiceLinks"] == "false", name
         sc = c["securityContext"]
         assert sc["readOnlyRootFilesystem"] == "true", name
         assert sc["allowPrivilegeEscalation"] == "false", name
@@ -630,7 +619,7 @@ def test_every_pod_is_bounded_and_locked_down() -> None:
 
 def test_manifests_set_only_real_settings() -> None:
     """Every STREAMPROC_* variable in the manifests is a setting, and together they load."""
-    known = setting_env_names()
+    known = {*config.setting_names(), config.ENV_PREFIX + "CONFIG"}
     named = set(configured_env())
     for workload in [*of_kind("Deployment"), *of_kind("Job")]:
         named |= {e["name"] for e in container(workload).get("env", [])}
