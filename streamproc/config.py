@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -25,6 +25,19 @@ from streamproc.errors import ConfigError
 
 ENV_PREFIX = "STREAMPROC_"
 RETENTION_4H_S = 4 * 3600
+
+# Bounds that msgspec checks as it reads a setting (its error names the setting).
+Seconds = Annotated[float, msgspec.Meta(gt=0)]  # a timeout, an interval
+Wait = Annotated[float, msgspec.Meta(ge=0)]  # may be 0: no wait
+Count = Annotated[int, msgspec.Meta(ge=1)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port
+
+
+def _check_url(field: str, url: str) -> None:
+    """A base URL must be http(s) with a host: anything else fails at every request."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest.strip("/"):
+        raise ValueError(f"{field}: must be an http:// or https:// URL with a host, not {url!r}")
 
 
 class Secret:
@@ -61,14 +74,14 @@ class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_check_hostname: bool = True
-    request_timeout_ms: int = 40_000
-    fetch_max_wait_ms: int = 100
+    request_timeout_ms: Count = 40_000
+    fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
     # Producers compress each record batch: the JSON streamproc writes shrinks several
     # times over, and a consumer then reads, copies and checksums that much less.
     compression_type: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
     # A transaction left open by a crashed process blocks read_committed readers until
     # the broker aborts it: keep this short so recovery after a SIGKILL is quick.
-    transaction_timeout_ms: int = 30_000
+    transaction_timeout_ms: Count = 30_000
 
     def __post_init__(self) -> None:
         if self.security_protocol.startswith("SASL"):
@@ -105,12 +118,15 @@ class TicketmaticAccount(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
 class TicketmaticSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     base_url: str = "https://apps.ticketmatic.com"
     accounts: list[TicketmaticAccount] = msgspec.field(default_factory=list)
-    poll_interval_s: float = 5.0
+    poll_interval_s: Seconds = 5.0
     eventtypes: list[str] = msgspec.field(default_factory=list)
-    request_timeout_s: float = 30.0
-    backoff_max_s: float = 60.0
-    auth_retry_s: float = 60.0
-    retention_s: float = RETENTION_4H_S
+    request_timeout_s: Seconds = 30.0
+    backoff_max_s: Seconds = 60.0
+    auth_retry_s: Seconds = 60.0
+    retention_s: Seconds = RETENTION_4H_S
+
+    def __post_init__(self) -> None:
+        _check_url("base_url", self.base_url)
 
 
 class PushSender(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -129,11 +145,11 @@ class PushSender(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "0.0.0.0"  # noqa: S104 -- a server in a pod listens on all interfaces
-    port: int = 8080
+    port: Port = 8080
     senders: list[PushSender] = msgspec.field(default_factory=list)
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: Count = 1024 * 1024
     signature_header: str = "X-Signature-SHA256"
-    shutdown_timeout_s: float = 10.0
+    shutdown_timeout_s: Wait = 10.0
 
 
 class MappingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -167,17 +183,19 @@ class MParticleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     api_secret: Secret | None = None
     rate_limit_batches_per_s: float = 270.0
     max_in_flight: int = 4
-    linger_ms: float = 20.0
-    request_timeout_s: float = 30.0
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 60.0
+    linger_ms: Wait = 20.0
+    request_timeout_s: Seconds = 30.0
+    backoff_base_s: Seconds = 0.5
+    backoff_max_s: Seconds = 60.0
     # While mParticle answers 401/403: time between tries (nothing is dropped meanwhile).
-    auth_retry_s: float = 30.0
+    auth_retry_s: Seconds = 30.0
     # 0: retry 5xx/timeouts without limit; else dead-letter a batch after this many tries.
     max_retries: int = 0
-    shutdown_timeout_s: float = 10.0
+    shutdown_timeout_s: Wait = 10.0
 
     def __post_init__(self) -> None:
+        if self.base_url is not None:
+            _check_url("base_url", self.base_url)
         if self.rate_limit_batches_per_s <= 0:
             raise ValueError("rate_limit_batches_per_s: must be above 0")
         if self.max_in_flight < 1:
@@ -194,7 +212,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     topic_prefix: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_host: str = "0.0.0.0"  # noqa: S104 -- scraped from outside the pod
-    metrics_port: int = 9100
+    metrics_port: Port = 9100
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     topics: TopicSettings = msgspec.field(default_factory=TopicSettings)
     ticketmatic: TicketmaticSettings = msgspec.field(default_factory=TicketmaticSettings)

@@ -71,6 +71,19 @@ def test_scalars_and_lists_from_environment() -> None:
             {"STREAMPROC_RECEIVER_SENDERS": '[{"name": "t", "secret": "s"}]'},
             "STREAMPROC_RECEIVER_SENDERS",
         ),
+        # Bounds: a timeout or interval of 0 or less, a size below 1, a port out of range.
+        ({"STREAMPROC_MPARTICLE_REQUEST_TIMEOUT_S": "0"}, "TIMEOUT_S): Expected `float` > 0"),
+        ({"STREAMPROC_TICKETMATIC_POLL_INTERVAL_S": "-5"}, "STREAMPROC_TICKETMATIC_POLL_"),
+        ({"STREAMPROC_MPARTICLE_AUTH_RETRY_S": "0"}, "STREAMPROC_MPARTICLE_AUTH_RETRY_S"),
+        ({"STREAMPROC_RECEIVER_MAX_BODY_BYTES": "0"}, "STREAMPROC_RECEIVER_MAX_BODY_BYTES"),
+        ({"STREAMPROC_RECEIVER_SHUTDOWN_TIMEOUT_S": "-1"}, "STREAMPROC_RECEIVER_SHUTDOWN"),
+        ({"STREAMPROC_MPARTICLE_LINGER_MS": "-1"}, "STREAMPROC_MPARTICLE_LINGER_MS"),
+        ({"STREAMPROC_KAFKA_REQUEST_TIMEOUT_MS": "0"}, "STREAMPROC_KAFKA_REQUEST_TIMEOUT_MS"),
+        ({"STREAMPROC_RECEIVER_PORT": "65536"}, "STREAMPROC_RECEIVER_PORT"),
+        # A base URL without a scheme would fail every request as a retried transport error.
+        ({"STREAMPROC_MPARTICLE_BASE_URL": "s2s.mparticle.com"}, "STREAMPROC_MPARTICLE_BASE_URL"),
+        ({"STREAMPROC_MPARTICLE_BASE_URL": "https://"}, "http:// or https:// URL with a host"),
+        ({"STREAMPROC_TICKETMATIC_BASE_URL": "ftp://x"}, "STREAMPROC_TICKETMATIC_BASE_URL"),
     ],
 )
 def test_invalid_setting_is_named(env: dict[str, str], named: str) -> None:
@@ -78,6 +91,21 @@ def test_invalid_setting_is_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env=env)
     assert named in str(info.value)
+
+
+def test_bounds_allow_what_is_meant() -> None:
+    """0 is a valid linger, shutdown bound and port (any free one); URLs may have a path."""
+    settings = load_settings(
+        env={
+            "STREAMPROC_MPARTICLE_LINGER_MS": "0",
+            "STREAMPROC_RECEIVER_SHUTDOWN_TIMEOUT_S": "0",
+            "STREAMPROC_METRICS_PORT": "0",
+            "STREAMPROC_MPARTICLE_BASE_URL": "http://127.0.0.1:8081/",
+            "STREAMPROC_TICKETMATIC_BASE_URL": "https://proxy.example.com/ticketmatic",
+        }
+    )
+    assert settings.mparticle.url() == "http://127.0.0.1:8081"
+    assert settings.metrics_port == 0
 
 
 def test_unknown_file_key_is_named(tmp_path: Path) -> None:
