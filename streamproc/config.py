@@ -25,6 +25,10 @@ from streamproc.errors import ConfigError
 
 ENV_PREFIX = "STREAMPROC_"
 RETENTION_4H_S = 4 * 3600
+# The largest record the source and batches topics take (Kafka's default), and the largest
+# dead letter: a letter is a record plus headers, so the dead-letter topic takes twice that.
+MAX_RECORD_BYTES = 1024 * 1024
+MAX_LETTER_BYTES = 2 * MAX_RECORD_BYTES
 
 # Bounds that msgspec checks as it reads a setting (its error names the setting).
 Seconds = Annotated[float, msgspec.Meta(gt=0)]  # a timeout, an interval
@@ -147,7 +151,8 @@ class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     host: str = "0.0.0.0"  # noqa: S104 -- a server in a pod listens on all interfaces
     port: Port = 8080
     senders: list[PushSender] = msgspec.field(default_factory=list)
-    max_body_bytes: Count = 1024 * 1024
+    # A body larger than a record could never be written (its single event would not fit).
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_RECORD_BYTES)] = MAX_RECORD_BYTES
     signature_header: str = "X-Signature-SHA256"
     shutdown_timeout_s: Wait = 10.0
 

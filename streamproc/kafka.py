@@ -13,8 +13,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from streamproc.config import KafkaSettings
+from streamproc.config import MAX_LETTER_BYTES, KafkaSettings
 
 # Header names carried by every record (DESIGN.md: source, account, item id, entry time).
 H_SOURCE = "source"
@@ -63,13 +64,21 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
 def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent, ``acks=all``, compressing producer; ``transactional_id`` for transactions."""
     opts = client_options(settings)
-    opts.update(enable_idempotence=True, acks="all", linger_ms=5)
+    # Any producer may write a dead letter, which is larger than the record it holds.
+    opts.update(enable_idempotence=True, acks="all", linger_ms=5, max_request_size=MAX_LETTER_BYTES)
     if settings.compression_type != "none":
         opts["compression_type"] = settings.compression_type
     if overrides.get("transactional_id"):
         opts["transaction_timeout_ms"] = settings.transaction_timeout_ms
     opts.update(overrides)
     return AIOKafkaProducer(**opts)
+
+
+def record_size(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> int:
+    """What Kafka counts for one record in a batch of its own (an upper bound), against
+    ``MAX_RECORD_BYTES`` (the source and batches topics) or ``MAX_LETTER_BYTES`` (the DLQ)."""
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    return size
 
 
 def consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:

@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streamproc import kafka
-from streamproc.config import Settings
+from streamproc.config import MAX_LETTER_BYTES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,14 @@ def specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec("batches", names.batches, t.partitions, rf, delete(t.batches_retention_ms)),
         # Dedupe changelog: co-partitioned with the map stage's inputs (same count).
         TopicSpec("dedupe", names.dedupe, t.partitions, rf, compact),
-        TopicSpec("dlq", names.dlq, t.partitions, rf, delete(t.dlq_retention_ms)),
+        # A dead letter is a record of up to MAX_RECORD_BYTES plus its headers.
+        TopicSpec(
+            "dlq",
+            names.dlq,
+            t.partitions,
+            rf,
+            delete(t.dlq_retention_ms) | {"max.message.bytes": str(MAX_LETTER_BYTES)},
+        ),
     ]
 
 

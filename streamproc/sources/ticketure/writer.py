@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streamproc import kafka
-from streamproc.config import Settings
+from streamproc.config import MAX_RECORD_BYTES, Settings
 from streamproc.dlq import DeadLetter
 from streamproc.errors import StreamprocError, TransportError
 from streamproc.health import Health
@@ -40,7 +40,7 @@ ABANDON_TIMEOUT_S = 2.0  # to close a dropped producer's connections
 
 
 class RecordTooLarge(StreamprocError):
-    """A record Kafka would never take (over ``max_request_size``): retrying cannot help."""
+    """A record Kafka would never take (over ``MAX_RECORD_BYTES``): retrying cannot help."""
 
 
 class KafkaWriter(Service):
@@ -98,27 +98,30 @@ class KafkaWriter(Service):
             raise TransportError("Kafka is unreachable")
         topic = self.topics.ticketure
         received = str(received_ms).encode()
+        records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        for record, time_ms in accepted:
+            # Without an order, the item id keeps a retried push on the same partition,
+            # where the map stage's dedupe can see it.
+            key = (record.order_key() or f"item:{record.event_id}").encode()
+            value = ENCODER.encode(record)
+            headers = [
+                (kafka.H_SOURCE, SOURCE),
+                (kafka.H_SENDER, sender),
+                (kafka.H_ITEM_ID, (record.event_id or "").encode()),
+                (kafka.H_ITEM_TIME, str(time_ms).encode()),
+                (kafka.H_RECEIVED, received),
+            ]
+            # Checked before anything is sent: a push is written whole or not at all.
+            if kafka.record_size(key, value, headers) > MAX_RECORD_BYTES:
+                raise RecordTooLarge(
+                    f"an event is larger than a record may be ({MAX_RECORD_BYTES} B)"
+                )
+            records.append((key, value, headers))
         futures: list[asyncio.Future[object]] = []
         try:
             async with asyncio.timeout(self._produce_timeout_s):
-                for record, time_ms in accepted:
-                    # Without an order, the item id keeps a retried push on the same
-                    # partition, where the map stage's dedupe can see it.
-                    key = record.order_key() or f"item:{record.event_id}"
-                    futures.append(
-                        await producer.send(
-                            topic,
-                            ENCODER.encode(record),
-                            key=key.encode(),
-                            headers=[
-                                (kafka.H_SOURCE, SOURCE),
-                                (kafka.H_SENDER, sender),
-                                (kafka.H_ITEM_ID, (record.event_id or "").encode()),
-                                (kafka.H_ITEM_TIME, str(time_ms).encode()),
-                                (kafka.H_RECEIVED, received),
-                            ],
-                        )
-                    )
+                for key, value, headers in records:
+                    futures.append(await producer.send(topic, value, key=key, headers=headers))
                 # Cancelling these on timeout is harmless: aiokafka skips futures that
                 # are done when the broker answers.
                 for future in futures:
@@ -126,8 +129,8 @@ class KafkaWriter(Service):
         except TimeoutError:
             self._down(f"no acknowledgement within {self._produce_timeout_s:.1f} s")
             raise TransportError("Kafka did not acknowledge in time") from None
-        except MessageSizeTooLargeError:
-            raise RecordTooLarge("a record is larger than Kafka's max_request_size") from None
+        except MessageSizeTooLargeError:  # the broker's limit is lower than ours
+            raise RecordTooLarge("Kafka refuses a record of this push as too large") from None
         except KafkaError as exc:
             self._down(f"send failed: {exc!r}")
             raise TransportError(f"Kafka refused the records: {exc!r}") from None

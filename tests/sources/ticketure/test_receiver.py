@@ -13,9 +13,11 @@ from prometheus_client import REGISTRY
 
 from streamproc import kafka, localkafka
 from streamproc.config import KafkaSettings, Settings
+from streamproc.sources.ticketure.audit_shape import Accepted
 from streamproc.sources.ticketure.auth import basic_header, sign
 from streamproc.sources.ticketure.receiver import Receiver
 from streamproc.sources.ticketure.records import RECORD_DECODER, TicketAudit
+from streamproc.sources.ticketure.writer import RecordTooLarge
 from tests.sources.ticketure.conftest import (
     HMAC_SECRET,
     KEY,
@@ -199,6 +201,37 @@ async def test_undecodable_authenticated_bodies_are_dead_lettered(
     assert kafka.header(letter.headers, kafka.H_SENDER) == "ticketure"
     assert kafka.header(letter.headers, "dlq_stage") == "receive"
     assert kafka.header(letter.headers, kafka.H_ORIGIN_TOPIC) == topic_names(rx_settings).ticketure
+
+
+async def test_a_refused_body_at_the_size_limit_is_dead_lettered_whole(
+    kafka_settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    """A 1 MiB body is dead-lettered (400), though its letter is larger than a record."""
+    settings = receiver_settings(kafka_settings)  # max_body_bytes: 1 MiB
+    bad = ticket(occurred_at="yesterday", email="x" * 1024)
+    padding = settings.receiver.max_body_bytes - len(orjson.dumps(bad))
+    bad["email"] += "x" * padding
+    body = orjson.dumps(bad)
+    assert len(body) == settings.receiver.max_body_bytes
+    async with Receiver(settings, host="127.0.0.1", port=0) as rx:
+        assert (await post(http, rx, "/ticketure/events", body, BASIC))[0] == 400
+    (letter,) = await read_topic(settings, topic_names(settings).dlq)
+    assert letter.value == body
+
+
+async def test_a_push_with_an_event_too_large_for_a_record_writes_nothing(
+    kafka_settings: Settings,
+) -> None:
+    """413 for the whole push, and none of its events in Kafka: not even the small one."""
+    settings = receiver_settings(kafka_settings)
+    small = TicketAudit(action="purchased", occurred_at="2025-05-01T10:15:00Z", event_id="e1")
+    large = TicketAudit(
+        action="purchased", occurred_at="2025-05-01T10:15:00Z", email="x" * (1024 * 1024)
+    )
+    async with Receiver(settings, host="127.0.0.1", port=0) as rx:
+        with pytest.raises(RecordTooLarge):
+            await rx.writer.write(b"ticketure", [Accepted(small, 1), Accepted(large, 2)], 3)
+    assert await read_topic(settings, topic_names(settings).ticketure) == []
 
 
 async def test_a_refused_push_kafka_cannot_keep_is_answered_503(
