@@ -193,16 +193,23 @@ async def _answers(bootstrap: str) -> bool:
     return True
 
 
-def wait_ready(port: int, timeout_s: float = 90.0, pid: int | None = None) -> None:
+def wait_ready(
+    port: int, timeout_s: float = 90.0, pid: int | None = None, data: Path | None = None
+) -> None:
     """Block until the broker answers a metadata request; raise if it died or timed out."""
     deadline = time.monotonic() + timeout_s
+    log_file = (data or data_dir(port)) / "server.log"
     while time.monotonic() < deadline:
         if pid is not None and not _pid_alive(pid):
-            raise RuntimeError(f"the Kafka broker exited during start; see {data_dir(port)}")
+            raise RuntimeError(f"the Kafka broker exited during start; see {log_file}")
         if port_open(port) and asyncio.run(_answers(f"127.0.0.1:{port}")):
             return
         time.sleep(0.5)
-    raise TimeoutError(f"the Kafka broker on port {port} did not answer within {timeout_s} s")
+    raise TimeoutError(
+        f"the Kafka broker on port {port} did not answer within {timeout_s} s; see "
+        f"{log_file} (a broker holding many partitions, say from many benchmark runs, "
+        "starts slowly: `make clean` gives it a fresh data folder)"
+    )
 
 
 def up(port: int = 9092, data: Path | None = None, heap: str = "768m") -> int:
@@ -268,7 +275,7 @@ def up(port: int = 9092, data: Path | None = None, heap: str = "768m") -> int:
     _children[proc.pid] = proc
     (data / "kafka.pid").write_text(str(proc.pid))
     try:
-        wait_ready(port, pid=proc.pid)
+        wait_ready(port, pid=proc.pid, data=data)
     except BaseException:
         down(port, data)
         raise
