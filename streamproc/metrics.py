@@ -191,7 +191,9 @@ MAP_TRUNCATED = Counter(
     ["what"],
 )
 DEDUPE_HITS = Counter("streamproc_dedupe_hits_total", "Items dropped as already seen.", ["source"])
-DEDUPE_SIZE = Gauge("streamproc_dedupe_state_size", "Item ids remembered by this process.")
+DEDUPE_SIZE = Gauge(
+    "streamproc_dedupe_state_size", "Item ids remembered by this process, by source.", ["source"]
+)
 DEDUPE_RESTORE = Histogram(
     "streamproc_dedupe_restore_seconds",
     "Time to restore dedupe state from its changelog after an assignment.",

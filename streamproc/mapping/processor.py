@@ -87,6 +87,8 @@ class MapProcessor(Service):
     ) -> None:
         self.settings = settings
         self.topics = Topics.for_prefix(settings.topic_prefix)
+        # Input topic -> the source its items come from (the dedupe size is per source).
+        self._sources = {self.topics.ticketmatic: "ticketmatic", self.topics.ticketure: "ticketure"}
         self.group_id = f"{settings.topic_prefix}streamproc-map"
         self.health = health or Health()
         if mapper is None:
@@ -153,7 +155,8 @@ class MapProcessor(Service):
         await consumer.stop()  # leaves the group: the partitions move at once
         if self._restorer is not None:
             await self._restorer.stop()
-        metrics.DEDUPE_SIZE.set(0)
+        for source in self._sources.values():
+            metrics.DEDUPE_SIZE.labels(source).set(0)
         self.health.set(COMPONENT, False, "stopped")
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -400,9 +403,13 @@ class MapProcessor(Service):
         self.health.set(COMPONENT, False, f"{_name(tp)}: {exc!r}"[:200])
 
     def _update_size(self) -> None:
-        metrics.DEDUPE_SIZE.set(
-            sum(p.state.size for p in self._parts.values() if p.state is not None)
-        )
+        # One state per input partition: the input topic says whose ids it holds.
+        sizes = dict.fromkeys(self._sources.values(), 0)
+        for tp, part in self._parts.items():
+            if part.state is not None:
+                sizes[self._sources[tp.topic]] += part.state.size
+        for source, size in sizes.items():
+            metrics.DEDUPE_SIZE.labels(source).set(size)
 
 
 def _name(tp: TopicPartition) -> str:

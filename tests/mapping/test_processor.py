@@ -188,8 +188,8 @@ def dedupe_hits(source: str) -> float:
     return REGISTRY.get_sample_value("streamproc_dedupe_hits_total", {"source": source}) or 0.0
 
 
-def dedupe_size() -> float:
-    return REGISTRY.get_sample_value("streamproc_dedupe_state_size") or 0.0
+def dedupe_size(source: str = "ticketmatic") -> float:
+    return REGISTRY.get_sample_value("streamproc_dedupe_state_size", {"source": source}) or 0.0
 
 
 def item_ids(out: list[Out]) -> list[str]:
@@ -333,6 +333,7 @@ async def test_expired_ids_are_tombstoned_and_not_restored(
     async with running(MapProcessor(settings, consumer_options=FAST)):
         await wait_output(settings, 30)
         await wait_for(lambda: dedupe_size() == 30, what="30 ids remembered")
+        assert dedupe_size("ticketure") == 0
         await produce_tm(settings, new)
         await wait_output(settings, 40)
         await wait_for(lambda: dedupe_size() == 10, what="only the 10 recent ids left")
