@@ -38,7 +38,7 @@ class RepeatSeries:
         """Record the age at ``now_ms`` of each of ``times_ms``, as one ``observe`` each would.
 
         ``times_ms`` are epoch milliseconds sorted ascending; an age is in seconds, and a
-        time after ``now_ms`` is 0 s old. One bisection per bucket, nothing per time.
+        time after ``now_ms`` is 0 s old. One bisection per bucket, then one C-level sum.
         """
         n = len(times_ms)
         if not n:
@@ -72,8 +72,8 @@ class RepeatHistogram:
     """A labelled histogram whose ``observe`` takes one value several times in one call.
 
     Exposed exactly as a prometheus_client ``Histogram`` (``_bucket``, ``_count``, ``_sum``).
-    Delivery observes every batch it delivers, and the batches of one request share a few
-    item times: one call per distinct time instead of two locked increments per batch.
+    Delivery observes every batch it delivers: one ``observe_ages`` call per source of a
+    request instead of two locked increments per batch.
     """
 
     def __init__(

@@ -98,7 +98,7 @@ async def _produce(settings: Settings, values: list[bytes]) -> None:
     producer = kafka.producer(settings.kafka, linger_ms=10, max_batch_size=256 * 1024)
     await producer.start()
     try:
-        # Item times as a live stream has them: each batch its own, ten per millisecond.
+        # Item times as a live stream has them: a new one every ten batches.
         start_ms = int(time.time() * 1000) - len(values) // 10
         futures = [
             await producer.send(

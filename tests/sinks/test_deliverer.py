@@ -67,17 +67,24 @@ async def running(
     assert deliverer._main is None
 
 
+def e2e_bucket(le: str) -> float:
+    return metric("streamproc_end_to_end_seconds_bucket", source="ticketure", le=le)
+
+
 async def test_delivers_every_batch_unchanged_and_commits(
     kafka_settings: Settings, schema: dict[str, Any]
 ) -> None:
     """202: every batch reaches mParticle as produced, and every offset is committed."""
     values = [encode(make_batch(i)) for i in range(250)]
+    e2e = {le: e2e_bucket(le) for le in ("60.0", "+Inf")}
     async with MParticleSim(api_key=API_KEY, api_secret=API_SECRET, schema=schema) as sim:
         settings = deliver_settings(kafka_settings, sim)
         await produce(settings, values)
         async with running(settings) as d:
             await wait_for(lambda: sim.stats.batches_stored == 250, 30, what="all batches")
             await wait_for(lambda: all_committed(settings, d.group_id), 20, what="commits")
+        # Every batch observed once, from the item times taken as its request was packed.
+        assert {le: e2e_bucket(le) - e2e[le] for le in e2e} == {"60.0": 250, "+Inf": 250}
         assert sorted(orjson.dumps(b) for b in sim.batches()) == sorted(values)
         assert sim.stats.duplicates == 0
         assert max(len(orjson.loads(orjson.dumps(b))) for b in sim.batches()) > 0
@@ -93,6 +100,7 @@ async def test_400_dead_letters_the_bad_batches_and_delivers_the_rest(
         encode(make_batch(i, environment="staging" if i in bad else "development"))
         for i in range(80)
     ]
+    e2e = e2e_bucket("+Inf")
     async with MParticleSim(api_key=API_KEY, api_secret=API_SECRET, schema=schema) as sim:
         settings = deliver_settings(kafka_settings, sim)
         await produce(settings, values)
@@ -100,6 +108,7 @@ async def test_400_dead_letters_the_bad_batches_and_delivers_the_rest(
             await wait_for(lambda: sim.stats.batches_stored == 77, 30, what="good batches")
             await wait_for(lambda: all_committed(settings, d.group_id), 20, what="commits")
         parked = await read_dlq(settings, 3)
+    assert e2e_bucket("+Inf") - e2e == 77  # after the splits: each delivered batch once
     assert sorted(r.value for r in parked) == sorted(values[i] for i in bad)
     for record in parked:
         reason = kafka.header(record.headers, kafka.H_REASON) or ""

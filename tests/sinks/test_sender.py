@@ -176,6 +176,7 @@ def test_item_times_per_source_sorted_without_broken_ones() -> None:
         [("source", b"ticketmatic"), ("item_time_ms", b"\xc2\xb2")],  # a superscript two
         [("item_time_ms", b"40")],
         [("source", b"ticketmatic")],
+        [("source", b"ticketmatic"), ("item_time_ms", b"9" * 5000)],  # int() refuses it
     ]
     request = [Record("batches", 0, i, None, b"{}", h) for i, h in enumerate(headers)]
     assert item_times(request) == {b"ticketure": [10, 30], b"ticketmatic": [20], b"unknown": [40]}
@@ -186,7 +187,9 @@ async def test_400_splits_and_dead_letters_only_the_bad(
 ) -> None:
     """A 400 is bisected: the bad batches are parked with mParticle's answer, the rest land."""
     parked = Parked()
+    e2e = metric("streamproc_end_to_end_seconds_count", source="ticketure")
     await sender(client).send(batches(40, bad={3, 27}), parked)
+    assert metric("streamproc_end_to_end_seconds_count", source="ticketure") == e2e + 38
     assert [offset for offset, _, _ in parked.items] == [3, 27]
     assert all(code == "rejected_by_mparticle" for _, code, _ in parked.items)
     assert all("HTTP 400" in r and "environment" in r for _, _, r in parked.items)
