@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import orjson
@@ -29,6 +30,9 @@ RETENTION_4H_S = 4 * 3600
 # dead letter: a letter is a record plus headers, so the dead-letter topic takes twice that.
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_LETTER_BYTES = 2 * MAX_RECORD_BYTES
+# The largest push body: its dead letter (the body plus headers) must fit in a record, so
+# the receiver's one producer sends nothing larger than the source topic takes.
+MAX_BODY_BYTES = MAX_RECORD_BYTES - 16 * 1024
 
 # Bounds that msgspec checks as it reads a setting (its error names the setting).
 Seconds = Annotated[float, msgspec.Meta(gt=0)]  # a timeout, an interval
@@ -39,8 +43,13 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port
 
 def _check_url(field: str, url: str) -> None:
     """A base URL must be http(s) with a host: anything else fails at every request."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("http", "https") or not rest.strip("/"):
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        host = None
+    if parts.scheme.lower() not in ("http", "https") or not host:
         raise ValueError(f"{field}: must be an http:// or https:// URL with a host, not {url!r}")
 
 
@@ -151,8 +160,7 @@ class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     host: str = "0.0.0.0"  # noqa: S104 -- a server in a pod listens on all interfaces
     port: Port = 8080
     senders: list[PushSender] = msgspec.field(default_factory=list)
-    # A body larger than a record could never be written (its single event would not fit).
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_RECORD_BYTES)] = MAX_RECORD_BYTES
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_BODY_BYTES)] = MAX_BODY_BYTES
     signature_header: str = "X-Signature-SHA256"
     shutdown_timeout_s: Wait = 10.0
 

@@ -61,11 +61,19 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
     return opts
 
 
+def letter_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """A :func:`producer` that may send dead letters of records of up to ``MAX_RECORD_BYTES``.
+
+    Only the dead-letter topic takes records that large (``max.message.bytes``, set by
+    ``streamproc topics ensure``); the other topics keep Kafka's default of 1 MiB.
+    """
+    return producer(settings, max_request_size=MAX_LETTER_BYTES, **overrides)
+
+
 def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent, ``acks=all``, compressing producer; ``transactional_id`` for transactions."""
     opts = client_options(settings)
-    # Any producer may write a dead letter, which is larger than the record it holds.
-    opts.update(enable_idempotence=True, acks="all", linger_ms=5, max_request_size=MAX_LETTER_BYTES)
+    opts.update(enable_idempotence=True, acks="all", linger_ms=5)
     if settings.compression_type != "none":
         opts["compression_type"] = settings.compression_type
     if overrides.get("transactional_id"):

@@ -76,7 +76,7 @@ def test_scalars_and_lists_from_environment() -> None:
         ({"STREAMPROC_TICKETMATIC_POLL_INTERVAL_S": "-5"}, "STREAMPROC_TICKETMATIC_POLL_"),
         ({"STREAMPROC_MPARTICLE_AUTH_RETRY_S": "0"}, "STREAMPROC_MPARTICLE_AUTH_RETRY_S"),
         ({"STREAMPROC_RECEIVER_MAX_BODY_BYTES": "0"}, "STREAMPROC_RECEIVER_MAX_BODY_BYTES"),
-        ({"STREAMPROC_RECEIVER_MAX_BODY_BYTES": "1048577"}, "Expected `int` <= 1048576"),
+        ({"STREAMPROC_RECEIVER_MAX_BODY_BYTES": "1048576"}, "Expected `int` <= 1032192"),
         ({"STREAMPROC_RECEIVER_SHUTDOWN_TIMEOUT_S": "-1"}, "STREAMPROC_RECEIVER_SHUTDOWN"),
         ({"STREAMPROC_MPARTICLE_LINGER_MS": "-1"}, "STREAMPROC_MPARTICLE_LINGER_MS"),
         ({"STREAMPROC_KAFKA_REQUEST_TIMEOUT_MS": "0"}, "STREAMPROC_KAFKA_REQUEST_TIMEOUT_MS"),
@@ -85,6 +85,8 @@ def test_scalars_and_lists_from_environment() -> None:
         ({"STREAMPROC_MPARTICLE_BASE_URL": "s2s.mparticle.com"}, "STREAMPROC_MPARTICLE_BASE_URL"),
         ({"STREAMPROC_MPARTICLE_BASE_URL": "https://"}, "http:// or https:// URL with a host"),
         ({"STREAMPROC_TICKETMATIC_BASE_URL": "ftp://x"}, "STREAMPROC_TICKETMATIC_BASE_URL"),
+        ({"STREAMPROC_MPARTICLE_BASE_URL": "http://:8080"}, "STREAMPROC_MPARTICLE_BASE_URL"),
+        ({"STREAMPROC_MPARTICLE_BASE_URL": "http://h:port"}, "STREAMPROC_MPARTICLE_BASE_URL"),
     ],
 )
 def test_invalid_setting_is_named(env: dict[str, str], named: str) -> None:
@@ -102,7 +104,7 @@ def test_bounds_allow_what_is_meant() -> None:
             "STREAMPROC_RECEIVER_SHUTDOWN_TIMEOUT_S": "0",
             "STREAMPROC_METRICS_PORT": "0",
             "STREAMPROC_MPARTICLE_BASE_URL": "http://127.0.0.1:8081/",
-            "STREAMPROC_TICKETMATIC_BASE_URL": "https://proxy.example.com/ticketmatic",
+            "STREAMPROC_TICKETMATIC_BASE_URL": "HTTPS://proxy.example.com/ticketmatic",
         }
     )
     assert settings.mparticle.url() == "http://127.0.0.1:8081"

@@ -285,7 +285,8 @@ class MapProcessor(Service):
 
     def _producer(self, tp: TopicPartition) -> AIOKafkaProducer:
         txn_id = f"{self.settings.topic_prefix}streamproc-map-{tp.topic}-{tp.partition}"
-        return kafka.producer(
+        # Its transactions also write the dead letters of source records.
+        return kafka.letter_producer(
             self.settings.kafka, transactional_id=txn_id, max_batch_size=256 * 1024
         )
 

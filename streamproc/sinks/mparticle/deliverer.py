@@ -162,7 +162,7 @@ class Deliverer(Service):
         self.health.set(COMPONENT, False, "starting")
         self._stopping.clear()
         await self.client.start()
-        self._producer = kafka.producer(self.settings.kafka)
+        self._producer = kafka.letter_producer(self.settings.kafka)  # dead letters only
         await self._producer.start()
         self._consumer = kafka.consumer(
             self.settings.kafka, group_id=self.group_id, **self._consumer_options
