@@ -189,6 +189,7 @@ async def describe(settings: Settings) -> list[dict[str, Any]]:
                     "cleanup.policy": conf.get("cleanup.policy"),
                     "retention.ms": conf.get("retention.ms"),
                     "min.insync.replicas": conf.get("min.insync.replicas"),
+                    "max.message.bytes": conf.get("max.message.bytes"),
                 }
             )
         return out

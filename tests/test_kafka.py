@@ -11,9 +11,10 @@ import msgspec
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 
 from streamproc import kafka, topics
-from streamproc.config import Settings
+from streamproc.config import MAX_LETTER_BYTES, Settings
 
 pytestmark = pytest.mark.kafka
 
@@ -161,9 +162,31 @@ async def test_topics_ensure_twice(make_settings: Callable[..., Settings]) -> No
     assert described["dedupe"]["partitions"] == 2
     assert described["ticketmatic"]["cleanup.policy"] == "delete"
     assert described["ticketmatic"]["retention.ms"] == str(settings.topics.source_retention_ms)
+    # Dead letters are records plus headers: only the DLQ takes more than the default.
+    assert described["dlq"]["max.message.bytes"] == str(MAX_LETTER_BYTES)
+    assert int(described["batches"]["max.message.bytes"] or 0) < MAX_LETTER_BYTES
     assert await topics.retention_ms(settings, described["batches"]["topic"]) == (
         settings.topics.batches_retention_ms
     )
+
+
+async def test_topics_ensure_aligns_the_config_of_existing_topics(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A DLQ made before it took 2 MiB letters gets the limit from `topics ensure`."""
+    settings = make_settings(partitions=1)
+    dlq = topics.Topics.for_prefix(settings.topic_prefix).dlq
+    admin = kafka.admin(settings.kafka)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(dlq, 1, 1)])  # the broker's defaults
+    finally:
+        await admin.close()
+    report = await topics.ensure(settings)
+    assert any(line.startswith("kept") and dlq in line for line in report), report
+    described = {row["role"]: row for row in await topics.describe(settings)}
+    assert described["dlq"]["max.message.bytes"] == str(MAX_LETTER_BYTES)
+    assert described["dlq"]["retention.ms"] == str(settings.topics.dlq_retention_ms)
 
 
 async def test_topics_ensure_grows_partitions(make_settings: Callable[..., Settings]) -> None:
