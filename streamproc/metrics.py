@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import HistogramMetricFamily, Metric
 
 
-class RepeatSeries:
-    """One label combination of a :class:`RepeatHistogram`."""
+class AgeSeries:
+    """One label combination of a :class:`AgeHistogram`."""
 
     __slots__ = ("_counts", "_lock", "_upper", "sum")
 
@@ -26,13 +26,6 @@ class RepeatSeries:
         self._lock = lock
         self._counts = [0] * len(upper)
         self.sum = 0.0
-
-    def observe(self, value: float, times: int = 1) -> None:
-        """Record ``value`` ``times`` times (as many ``observe(value)`` calls would)."""
-        index = bisect_left(self._upper, value)  # the first bucket with value <= le
-        with self._lock:
-            self._counts[index] += times
-            self.sum += value * times
 
     def observe_ages(self, now_ms: float, times_ms: Sequence[int]) -> None:
         """Record the age at ``now_ms`` of each of ``times_ms``, as one ``observe`` each would.
@@ -68,12 +61,12 @@ class RepeatSeries:
         return out
 
 
-class RepeatHistogram:
-    """A labelled histogram whose ``observe`` takes one value several times in one call.
+class AgeHistogram:
+    """A labelled histogram of ages, observed many at a time (``labels(...).observe_ages``).
 
     Exposed exactly as a prometheus_client ``Histogram`` (``_bucket``, ``_count``, ``_sum``).
-    Delivery observes every batch it delivers: one ``observe_ages`` call per source of a
-    request instead of two locked increments per batch.
+    Delivery observes every batch it delivers: one call per source of a request instead of
+    two locked increments per batch.
     """
 
     def __init__(
@@ -94,17 +87,17 @@ class RepeatHistogram:
         # As prometheus_client writes them: 0.05, 1.0, +Inf.
         self._le = [("+Inf" if le == math.inf else repr(le)) for le in upper]
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, ...], RepeatSeries] = {}
+        self._series: dict[tuple[str, ...], AgeSeries] = {}
         if registry is not None:
             registry.register(self)
 
-    def labels(self, *values: str) -> RepeatSeries:
+    def labels(self, *values: str) -> AgeSeries:
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
         series = self._series.get(values)
         if series is None:
             with self._lock:
-                series = self._series.setdefault(values, RepeatSeries(self._upper, self._lock))
+                series = self._series.setdefault(values, AgeSeries(self._upper, self._lock))
         return series
 
     def describe(self) -> list[Metric]:
@@ -231,7 +224,7 @@ DL_AUTH_FAILED = Gauge(
     "streamproc_deliver_auth_failed",
     "1 while mParticle refuses the credentials (401/403) and delivery is paused.",
 )
-END_TO_END = RepeatHistogram(
+END_TO_END = AgeHistogram(
     "streamproc_end_to_end_seconds",
     "From an item's own time to mParticle's 202.",
     ["source"],

@@ -251,7 +251,7 @@ def streamproc_metrics() -> dict[str, Metric]:
     } | {
         obj.name: frozenset(obj.labelnames)
         for obj in vars(metrics).values()
-        if isinstance(obj, metrics.RepeatHistogram)
+        if isinstance(obj, metrics.AgeHistogram)
     }
     by_series: dict[str, Metric] = {}
     for family in REGISTRY.collect():

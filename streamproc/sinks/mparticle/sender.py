@@ -33,7 +33,7 @@ from streamproc.errors import (
 )
 from streamproc.health import Health
 from streamproc.kafka import H_ITEM_TIME, H_SOURCE
-from streamproc.metrics import RepeatSeries
+from streamproc.metrics import AgeSeries
 from streamproc.sinks.mparticle.batcher import Batch, request_body, where
 from streamproc.sinks.mparticle.client import MParticleClient
 from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
@@ -104,7 +104,7 @@ class Sender:
         self.auth_failed = False
         self._auth_logged_at = 0.0
         self._delivered_count = metrics.DL_BATCHES.labels("delivered")
-        self._e2e: dict[bytes, RepeatSeries] = {}
+        self._e2e: dict[bytes, AgeSeries] = {}
         self._rng = random.Random()
         health.set(AUTH_COMPONENT, True)
         metrics.DL_AUTH_FAILED.set(0)
@@ -217,7 +217,7 @@ class Sender:
             if millis:  # a series appears with its first observation
                 self._histogram(source).observe_ages(now_ms, millis)
 
-    def _histogram(self, source: bytes) -> RepeatSeries:
+    def _histogram(self, source: bytes) -> AgeSeries:
         histogram = self._e2e.get(source)
         if histogram is None:
             label = source.decode("utf-8", "replace")
