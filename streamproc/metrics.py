@@ -141,12 +141,30 @@ TM_ITEMS = Counter(
 )
 TM_LAG = Gauge(
     "streamproc_ticketmatic_lag_seconds",
-    "Now minus the time of the newest item fetched (0 when moreresults is false).",
+    "Now minus the last good progress: the newest item fetched, or the last successful poll "
+    "that found nothing more. Read at scrape time, so it grows during any outage.",
     ["account"],
 )
 TM_HEADROOM = Gauge(
     "streamproc_ticketmatic_retention_headroom_seconds",
     "Ticketmatic's 4 h retention minus the lag; at 0, items are lost for good.",
+    ["account"],
+)
+TM_SINCE_SUCCESS = Gauge(
+    "streamproc_ticketmatic_since_success_seconds",
+    "Seconds since the account's last successful eventstream request (read at scrape time).",
+    ["account"],
+)
+TM_MALFORMED = Counter(
+    "streamproc_ticketmatic_malformed_pages_total",
+    "Eventstream answers refused before anything of them was written, by reason (not_json, "
+    "invalid, too_large, too_deep, ids_not_ascending, before_cursor, future_item, "
+    "nextid_behind, nextid_future).",
+    ["account", "reason"],
+)
+TM_DUPLICATES = Counter(
+    "streamproc_ticketmatic_duplicates_total",
+    "Items served again at or below the cursor (the id parameter is a minimum): dropped.",
     ["account"],
 )
 TM_GAPS = Counter(
