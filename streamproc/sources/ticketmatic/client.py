@@ -6,7 +6,11 @@ becomes an error of ``streamproc.errors`` whose ``retriable`` flag tells the pol
 do: :class:`RateLimited` (429, with ``retry_after``), :class:`ServerError` (5xx),
 :class:`AuthError` (401/403), :class:`BadRequest` (other 4xx), :class:`TransportError`
 (timeouts, refused or reset connections) and :class:`DecodeError` (a 200 whose body is not
-a page: not JSON, missing keys, wrong types).
+a page: not JSON, nested too deep, larger than ``max_bytes``, missing keys, wrong types).
+
+Every read is bounded: the whole request by ``timeout_s`` (a peer that drips its answer
+byte by byte times out), a page by ``max_bytes`` (refused from its Content-Length, or as
+soon as more arrives), an error answer by :data:`MAX_ERROR_BYTES`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import aiohttp
 import msgspec
 
 from streamproc.config import TicketmaticAccount
+from streamproc.decoding import decode_json
 from streamproc.errors import DecodeError, TransportError, http_error, parse_retry_after
 from streamproc.lifecycle import Service
 from streamproc.sources.ticketmatic import auth
@@ -25,18 +30,15 @@ from streamproc.sources.ticketmatic.items import EventstreamPage
 
 _PAGE_DECODER = msgspec.json.Decoder(EventstreamPage)
 USER_AGENT = "streamproc-poller"
+# 1000 items of a few hundred bytes to a few KB each: 16 MiB leaves room for big orders.
+MAX_PAGE_BYTES = 16 * 1024 * 1024
+MAX_ERROR_BYTES = 64 * 1024  # enough for Ticketmatic's error JSON; only 300 chars are logged
+_CHUNK = 256 * 1024
 
 
 def decode_page(body: bytes) -> EventstreamPage:
     """A page from the body of a 200; DecodeError naming the field and the reason."""
-    try:
-        page = _PAGE_DECODER.decode(body)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        field = message.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in message else "page"
-        raise DecodeError(field, message.split(" - at ")[0]) from None
-    except msgspec.DecodeError as exc:
-        raise DecodeError("page", f"not JSON: {exc}") from None
+    page = decode_json(_PAGE_DECODER, body, "page")
     try:
         # The cursor moves to nextid: one that is not a position would stall the poller
         # silently, asking for the same page forever.
@@ -46,6 +48,30 @@ def decode_page(body: bytes) -> EventstreamPage:
     return page
 
 
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of the body, and whether there was more (then it is not read)."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), True
+    return bytes(body), False
+
+
+async def read_bounded(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body of ``response``, or DecodeError (code ``too_large``) past ``max_bytes``.
+
+    A Content-Length over the limit is refused before reading; otherwise the body is read
+    in chunks and refused as soon as it passes the limit, so memory stays bounded.
+    """
+    declared = response.content_length
+    if declared is None or declared <= max_bytes:
+        body, more = await read_at_most(response, max_bytes)
+        if not more:
+            return body
+    raise DecodeError("page", f"answer over the {max_bytes} byte limit", code="too_large")
+
+
 class EventstreamClient(Service):
     """Fetches eventstream pages over one kept-alive aiohttp session.
 
@@ -53,9 +79,17 @@ class EventstreamClient(Service):
     freshly signed ``Authorization`` header; no header or secret is ever logged.
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0, user_agent: str = USER_AGENT):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        max_bytes: int = MAX_PAGE_BYTES,
+        user_agent: str = USER_AGENT,
+    ):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
         self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
 
@@ -87,13 +121,14 @@ class EventstreamClient(Service):
             async with self._session.get(
                 self.url(account.name), params=params, headers=headers
             ) as response:
-                body = await response.read()
                 if response.status != 200:
+                    text, _ = await read_at_most(response, MAX_ERROR_BYTES)
                     raise http_error(
                         response.status,
-                        body.decode("utf-8", "replace"),
+                        text.decode("utf-8", "replace"),
                         parse_retry_after(response.headers.get("Retry-After")),
                     )
+                body = await read_bounded(response, self.max_bytes)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             # aiohttp's messages name the host and port, never the request headers.
             raise TransportError(f"{type(exc).__name__}: {exc}") from None

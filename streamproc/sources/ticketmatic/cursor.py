@@ -24,10 +24,11 @@ from aiokafka.partitioner import murmur2
 
 from streamproc import kafka
 from streamproc.config import Settings
+from streamproc.errors import peer_text
 
 log = logging.getLogger(__name__)
 
-_POSITION = re.compile(r"^(\d{1,16})(?:-(\d{1,10}))?$")
+_POSITION = re.compile(r"^(\d{1,16})(?:-(\d{1,10}))?$", re.ASCII)
 
 
 class Cursor(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -69,7 +70,7 @@ def position_key(item_id: str) -> tuple[int, int]:
     """
     match = _POSITION.match(item_id.strip())
     if match is None:
-        raise ValueError(f"{item_id!r} is not an eventstream id")
+        raise ValueError(f"{peer_text(item_id, 40)!r} is not an eventstream id")
     return int(match.group(1)), int(match.group(2) or 0)
 
 

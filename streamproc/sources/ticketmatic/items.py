@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from streamproc.errors import DecodeError
+from streamproc.decoding import decode_json
+from streamproc.errors import DecodeError, peer_text
 
 Id = str | int | None
 Amount = str | int | float | None
@@ -82,14 +83,14 @@ class EventstreamPage(msgspec.Struct, kw_only=True):
     moreresults: bool
 
 
-_ID = re.compile(r"^(\d{1,16})-(\d{1,10})$")
+_ID = re.compile(r"^(\d{1,16})-(\d{1,10})$", re.ASCII)
 
 
 def parse_item_id(item_id: str) -> tuple[int, int]:
     """``"1526985054069-0"`` -> ``(1526985054069, 0)``; DecodeError if it is not that shape."""
     match = _ID.match(item_id)
     if match is None:
-        raise DecodeError("id", f"{item_id!r} is not <epoch ms>-<sequence>")
+        raise DecodeError("id", f"{peer_text(item_id, 40)!r} is not <epoch ms>-<sequence>")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -103,7 +104,7 @@ def parse_ts(ts: str) -> datetime:
         return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         # OverflowError: a time near year 1 or 9999 whose offset moves it out of range.
-        raise DecodeError("ts", f"{ts!r} is not an ISO 8601 time") from None
+        raise DecodeError("ts", f"{peer_text(ts, 40)!r} is not an ISO 8601 time") from None
 
 
 def ts_ms(ts: str) -> int:
@@ -150,14 +151,7 @@ _ITEM_DECODER = msgspec.json.Decoder(TmItem)
 
 def decode_item(raw: bytes) -> TmItem:
     """Decode one item; DecodeError naming the field and the reason if it is not one."""
-    try:
-        item = _ITEM_DECODER.decode(raw)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        field = message.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in message else "item"
-        raise DecodeError(field, message.split(" - at ")[0]) from None
-    except msgspec.DecodeError as exc:
-        raise DecodeError("item", f"not JSON: {exc}") from None
+    item = decode_json(_ITEM_DECODER, raw, "item")
     parse_item_id(item.id)
     parse_ts(item.ts)
     if not item.type:

@@ -94,3 +94,126 @@ async def test_refused_connection_and_timeout_are_transport_errors() -> None:
         assert caught.value.retriable
     finally:
         await runner.cleanup()
+
+
+class Peer:
+    """A hostile eventstream on a free port: ``answer`` decides each response."""
+
+    def __init__(self) -> None:
+        self.answer: web.StreamResponse | None = None
+        self.sent = 0
+        self.runner: web.AppRunner | None = None
+        self.port = free_port()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        return await self.handler(request)
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Peer:
+        app = web.Application()
+        app.router.add_get("/api/1/acme/eventstream", self._handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Huge(Peer):
+    """Answers 200 with ``size`` bytes in 64 KiB chunks, counting what it managed to send."""
+
+    def __init__(self, size: int, *, declare: bool) -> None:
+        super().__init__()
+        self.size = size
+        self.declare = declare
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        if self.declare:
+            response.content_length = self.size
+        await response.prepare(request)
+        chunk = b'{"results":[' + b" " * (64 * 1024 - 12)
+        try:
+            while self.sent < self.size:
+                await response.write(chunk)
+                self.sent += len(chunk)
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up: that is the point
+        return response
+
+
+@pytest.mark.parametrize("declare", [True, False], ids=["content-length", "chunked"])
+async def test_an_oversized_answer_is_refused_without_reading_it_whole(declare: bool) -> None:
+    """A 512 MiB answer against a 1 MiB limit: DecodeError too_large, little of it read."""
+    size = 512 * 1024 * 1024
+    peer = Huge(size, declare=declare)
+    async with peer, EventstreamClient(peer.url, max_bytes=1024 * 1024) as client:
+        with pytest.raises(DecodeError) as caught:
+            await client.fetch(account(), {})
+        assert caught.value.code == "too_large"
+    await asyncio.sleep(0.2)
+    # The client stopped reading at the limit: the peer could not push the rest.
+    assert peer.sent < 64 * 1024 * 1024
+
+
+class Fixed(Peer):
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.response = (status, body, headers or {})
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        status, body, headers = self.response
+        return web.Response(status=status, body=body, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'{"results":[{"data":' + b"[" * 100_000 + b"]" * 100_000 + b"}]}", "too_deep"),
+        (b'{"results":[' + b"[" * 5_000, "too_deep"),
+        (b'{"results":null,"nextid":"1-0","moreresults":"yes"}', "invalid"),
+        (b'{"results":null,"nextid":"1-\xff","moreresults":false}', "not_json"),
+    ],
+    ids=["deep", "deep-truncated", "wrong-type", "bad-utf8"],
+)
+async def test_bad_pages_are_decode_errors_with_a_code(body: bytes, code: str) -> None:
+    """Deep nesting, wrong types and invalid UTF-8 are DecodeErrors, never RecursionError."""
+    async with Fixed(200, body) as peer, EventstreamClient(peer.url) as client:
+        with pytest.raises(DecodeError) as caught:
+            await client.fetch(account(), {})
+    assert caught.value.code == code
+
+
+async def test_an_error_body_is_cut_and_escaped() -> None:
+    """A peer's error text cannot forge log lines: newlines and controls are escaped, cut."""
+    forged = b"oops\n2026-12-02 INFO streamproc: all fine\x1b[2J" + b"x" * 100_000
+    async with Fixed(503, forged) as peer, EventstreamClient(peer.url) as client:
+        with pytest.raises(ServerError) as caught:
+            await client.fetch(account(), {})
+    text = str(caught.value)
+    assert "\n" not in text
+    assert "\x1b" not in text
+    assert "oops\\n2026-12-02 INFO" in text
+    assert len(text) < 400
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("7", 7.0), ("99999999", 99999999.0), ("1e999", None), ("inf", None), ("-5", None)],
+)
+async def test_retry_after_is_parsed_strictly(header: str, expected: float | None) -> None:
+    """Only delta-seconds or an HTTP date count; inf, exponents and negatives are ignored."""
+    peer = Fixed(429, b"{}", {"Retry-After": header})
+    async with peer, EventstreamClient(peer.url) as client:
+        with pytest.raises(RateLimited) as caught:
+            await client.fetch(account(), {})
+    assert caught.value.retry_after == expected
