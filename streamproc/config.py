@@ -137,9 +137,19 @@ class TicketmaticSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     backoff_max_s: Seconds = 60.0
     auth_retry_s: Seconds = 60.0
     retention_s: Seconds = RETENTION_4H_S
+    # A peer's Retry-After is obeyed up to this; a longer one is logged and cut to it.
+    retry_after_max_s: Seconds = 300.0
+    # An answer larger than this is refused as malformed before it is read whole.
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=64 * 1024)] = 16 * 1024 * 1024
+    # Item ids and times, and nextid, may run this far ahead of our clock; further is refused.
+    max_future_skew_s: Seconds = 300.0
+    # /readyz reports an account not ready after this long without a successful request.
+    stalled_after_s: Seconds = 300.0
 
     def __post_init__(self) -> None:
         _check_url("base_url", self.base_url)
+        if self.retry_after_max_s >= self.retention_s:
+            raise ValueError("retry_after_max_s: must be well under retention_s")
 
 
 class PushSender(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -8,6 +8,7 @@ the event loop runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -19,10 +20,16 @@ log = logging.getLogger(__name__)
 
 
 class Health:
-    """Readiness of named components, as ``/readyz`` reports it."""
+    """Readiness of named components, as ``/readyz`` reports it.
+
+    A component is set when something happens (``set``), or watched (``watch``): its
+    check runs at every report, so a condition that grows with time (no successful poll
+    for too long) shows the moment it holds, not at the next event.
+    """
 
     def __init__(self) -> None:
         self._state: dict[str, tuple[bool, str]] = {}
+        self._checks: dict[str, Callable[[], str | None]] = {}
 
     def set(self, component: str, ready: bool, reason: str = "") -> None:
         previous = self._state.get(component)
@@ -30,11 +37,30 @@ class Health:
         if previous is not None and previous[0] != ready:
             log.info("%s is %s %s", component, "ready" if ready else "NOT ready", reason)
 
+    def watch(self, component: str, check: Callable[[], str | None]) -> None:
+        """Report ``component`` not ready whenever ``check()`` returns a reason."""
+        self._checks[component] = check
+
+    def forget(self, component: str) -> None:
+        """Stop reporting ``component`` (set or watched) at all."""
+        self._state.pop(component, None)
+        self._checks.pop(component, None)
+
+    def _current(self) -> dict[str, tuple[bool, str]]:
+        current = dict(self._state)
+        for name, check in self._checks.items():
+            reason = check()
+            if reason is not None:
+                current[name] = (False, reason)
+            elif name not in current:
+                current[name] = (True, "")
+        return current
+
     def ready(self) -> bool:
-        return all(ok for ok, _ in self._state.values())
+        return all(ok for ok, _ in self._current().values())
 
     def report(self) -> dict[str, dict[str, object]]:
-        return {name: {"ready": ok, "reason": why} for name, (ok, why) in self._state.items()}
+        return {name: {"ready": ok, "reason": why} for name, (ok, why) in self._current().items()}
 
 
 class HealthServer(Service):

@@ -7,6 +7,14 @@ the cursor, by ``(ms, seq)``, are dropped: Ticketmatic's ``id`` parameter is a m
 so the item a request starts from can come back. An item that cannot be decoded on its own
 (no id, no type, wrong types, not JSON) becomes a dead-letter record with the reason, in
 the same transaction, so it is parked exactly once and the cursor moves past it.
+
+A page is checked as a whole before anything of it is used, because the cursor follows
+it and a cursor that jumps ahead drops every later item as a duplicate: ids must ascend
+strictly within the page and lie at or above the cursor (the item the request started
+from may come back, and is dropped as a duplicate), no id, item time or ``nextid`` may be
+more than ``max_skew_ms`` ahead of our clock, and ``nextid`` may not lie before the
+page's last item. A page that fails raises :class:`DecodeError` with the check's name as
+its ``code``: nothing of it is written and the cursor stays where it was.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from streamproc import kafka
 from streamproc.dlq import DeadLetter
 from streamproc.errors import DecodeError
 from streamproc.sources.ticketmatic.cursor import Cursor, later, position_key
-from streamproc.sources.ticketmatic.items import EventstreamPage, decode_item, ts_ms
+from streamproc.sources.ticketmatic.items import EventstreamPage, TmItem, decode_item, ts_ms
 from streamproc.topics import Topics
 
 SOURCE = b"ticketmatic"
@@ -28,6 +36,19 @@ H_POLLER = "poller"
 
 
 INVALID_ITEM = "invalid_item"  # the dead-letter reason code of an item that does not decode
+MAX_SKEW_MS = 300_000  # see ticketmatic.max_future_skew_s
+# The codes of a refused answer: the decoder's, the size limit's, then this module's checks.
+MALFORMED_REASONS = (
+    "not_json",
+    "invalid",
+    "too_large",
+    "too_deep",
+    "ids_not_ascending",
+    "before_cursor",
+    "future_item",
+    "nextid_behind",
+    "nextid_future",
+)
 
 
 class OutRecord(NamedTuple):
@@ -84,17 +105,20 @@ def build(
     received_ms: int,
     asof_ms: int,
     poller: str,
+    max_skew_ms: int = MAX_SKEW_MS,
 ) -> PageRecords:
     """The records and the new cursor for ``page``, fetched at ``asof_ms`` from ``cursor``.
 
-    ``moved`` says the cursor's ``id`` or ``next`` changed (it must be written even
-    without items, or the same range is asked for again); ``known_ms`` advances to
+    ``moved`` says the cursor's ``id`` or ``next`` changed; ``known_ms`` advances to
     ``asof_ms`` when Ticketmatic said there was nothing more, else to the newest item.
+    Raises DecodeError (``code`` ids_not_ascending, before_cursor, future_item,
+    nextid_behind or nextid_future) for a page that fails the checks of the module doc.
     """
     previous = cursor or Cursor()
-    # Items must lie beyond everything already written, including earlier ones of this page.
     floor = position_key(previous.id) if previous.id else None
-    newest_id, newest_ts = previous.id, previous.ts
+    horizon = received_ms + max_skew_ms
+    last: tuple[int, int] | None = None  # the previous item of this page with an id
+    newest_id, newest_ts, newest_key = previous.id, previous.ts, floor
     out: list[OutRecord] = []
     dead: list[OutRecord] = []
     result = PageRecords(records=out, cursor=previous)
@@ -106,55 +130,65 @@ def build(
         (H_POLLER, poller.encode()),
     ]
     item_ms: dict[str, int] = {}  # the items of a page share few distinct times
-    for raw_item in page.results or ():
+    for index, raw_item in enumerate(page.results or ()):
         raw = bytes(raw_item)
-        item_ts: str | None = None
+        item: TmItem | None = None
+        item_id: str | None
+        key: tuple[int, int] | None
         try:
             item = decode_item(raw)
-            item_id, item_ts = item.id, item.ts
-            key = position_key(item_id)
-            if floor is not None and key <= floor:
+            item_id, ref, key = item.id, item.data.ref, position_key(item.id)
+        except DecodeError as exc:
+            error = exc
+            item_id, ref = _peek(raw)
+            key = _key_or_none(item_id)
+        if key is not None:
+            _check_item(index, key, last, floor, horizon)
+            last = key
+            if key == floor:
                 result.duplicates += 1
                 continue
-            headers = [
-                *common,
-                (kafka.H_ITEM_ID, item_id.encode()),
-                (kafka.H_ITEM_TIME, _time_header(item_ts, item_ms)),
-            ]
-            out.append(
-                OutRecord(topics.ticketmatic, record_key(account, item.data.ref), raw, headers)
-            )
-            result.items += 1
-        except (DecodeError, ValueError) as exc:
-            peeked_id, ref = _peek(raw)
-            peeked_key = _key_or_none(peeked_id)
-            if floor is not None and peeked_key is not None and peeked_key <= floor:
-                result.duplicates += 1
-                continue
+        item_ts: str | None = None
+        if item is None:
             letter = DeadLetter(
                 stage="poll",
                 source=SOURCE.decode(),
                 reason_code=INVALID_ITEM,
-                reason=str(exc),
+                reason=str(error),
                 origin_topic=topics.ticketmatic,
                 key=record_key(account, ref),
                 value=raw,
-                headers=[*common, (kafka.H_ITEM_ID, (peeked_id or "").encode())],
+                headers=[*common, (kafka.H_ITEM_ID, (item_id or "").encode())],
             )
             dead.append(
                 OutRecord(topics.dlq, letter.key or account_b, letter.value, letter.headers)
             )
             result.dead_lettered += 1
-            if peeked_key is None or peeked_id is None:
-                continue  # without an id it cannot move the cursor
-            key, item_id = peeked_key, peeked_id
-        floor, newest_id, newest_ts = key, item_id, item_ts
+        else:
+            item_ts = item.ts
+            time_ms = _time_ms(item_ts, item_ms)
+            if time_ms > horizon:
+                raise _malformed(index, "ts", "is in the future", "future_item")
+            headers = [
+                *common,
+                (kafka.H_ITEM_ID, item.id.encode()),
+                (kafka.H_ITEM_TIME, str(time_ms).encode()),
+            ]
+            out.append(OutRecord(topics.ticketmatic, record_key(account, ref), raw, headers))
+            result.items += 1
+        if key is None:
+            continue  # a parked item without a readable id cannot move the cursor
+        newest_id, newest_ts, newest_key = item_id, item_ts, key
         result.newest_ms = key[0]
     out.extend(dead)
-    next_key = _key_or_none(page.nextid)
+    next_key = position_key(page.nextid)
+    if next_key[0] > horizon:
+        raise DecodeError("nextid", "is in the future", code="nextid_future")
+    if last is not None and next_key < last:
+        raise DecodeError("nextid", "lies before the page's last item", code="nextid_behind")
     # "0" is the nextid of an empty stream: it says nothing about a position.
-    next_id = page.nextid if next_key is not None and next_key > (0, 0) else None
-    known = asof_ms if not page.moreresults else (floor[0] if floor else 0)
+    next_id = page.nextid if next_key > (0, 0) else None
+    known = asof_ms if not page.moreresults else (newest_key[0] if newest_key else 0)
     result.cursor = Cursor(
         id=newest_id,
         next=later(next_id, previous.next),
@@ -166,11 +200,31 @@ def build(
     return result
 
 
-def _time_header(ts: str, seen: dict[str, int]) -> bytes:
+def _check_item(
+    index: int,
+    key: tuple[int, int],
+    last: tuple[int, int] | None,
+    floor: tuple[int, int] | None,
+    horizon_ms: int,
+) -> None:
+    """DecodeError unless item ``index``'s id follows the page's last and the cursor."""
+    if last is not None and key <= last:
+        raise _malformed(index, "id", "does not ascend from the item before", "ids_not_ascending")
+    if floor is not None and key < floor:
+        raise _malformed(index, "id", "lies before the cursor", "before_cursor")
+    if key[0] > horizon_ms:
+        raise _malformed(index, "id", "is in the future", "future_item")
+
+
+def _malformed(index: int, field: str, reason: str, code: str) -> DecodeError:
+    return DecodeError(f"results[{index}].{field}", reason, code=code)
+
+
+def _time_ms(ts: str, seen: dict[str, int]) -> int:
     ms = seen.get(ts)
     if ms is None:
         ms = seen[ts] = ts_ms(ts)
-    return str(ms).encode()
+    return ms
 
 
 def _key_or_none(item_id: str | None) -> tuple[int, int] | None:

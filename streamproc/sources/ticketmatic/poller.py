@@ -7,10 +7,19 @@ and where the cursor says it is can never disagree. Each page's items, its dead 
 and the new cursor are one Kafka transaction; if that fails in any way the session is
 thrown away and rebuilt from Kafka, because a commit that timed out may still have landed.
 
-Faults: 429 waits ``Retry-After``; 5xx, timeouts, refused connections and malformed pages
-back off exponentially with jitter up to ``backoff_max_s``; 401/403 log an error naming
-the account (never the secret) and retry every ``auth_retry_s``. A fenced producer means
-another replica owns the account now: :class:`Fenced` is raised and the caller decides.
+Faults: 429 waits ``Retry-After`` (capped at ``retry_after_max_s``); 5xx, timeouts, refused
+connections and malformed pages (see ``page.build`` for the checks) back off exponentially
+with jitter up to ``backoff_max_s``; 401/403 log an error naming the account (never the
+secret) and retry every ``auth_retry_s``. A page that brings nothing new is followed by
+the poll interval's wait, whatever its ``moreresults`` says. Each failure is counted; the
+first of a burst is logged (then one line a minute while it lasts). A fenced producer
+means another replica owns the account now: :class:`Fenced` is raised and the caller
+decides.
+
+Lag never waits for a success: the gauges are read at scrape time as now minus the last
+good progress (the newest item fetched, or the time of the last poll that found nothing
+more), so they grow through any outage, and ``/readyz`` reports the account once no
+request has succeeded for ``stalled_after_s``.
 """
 
 from __future__ import annotations
@@ -36,13 +45,14 @@ from streamproc.errors import (
     ServerError,
     StreamprocError,
     TransportError,
+    peer_text,
 )
 from streamproc.health import Health
 from streamproc.sources.ticketmatic import cursor as cursors
 from streamproc.sources.ticketmatic.client import EventstreamClient
 from streamproc.sources.ticketmatic.cursor import Cursor, later
 from streamproc.sources.ticketmatic.items import EventstreamPage, ts_ms
-from streamproc.sources.ticketmatic.page import INVALID_ITEM, PageRecords, build
+from streamproc.sources.ticketmatic.page import INVALID_ITEM, MALFORMED_REASONS, PageRecords, build
 from streamproc.sources.ticketmatic.writer import PageWriter
 from streamproc.topics import Topics
 
@@ -50,6 +60,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BATCH_BYTES = 512 * 1024
+LOG_REPEAT_S = 60.0  # a failure that goes on is logged again this often
 
 _OUTCOMES: dict[type[StreamprocError], str] = {
     RateLimited: "rate_limited",
@@ -103,10 +114,14 @@ class AccountPoller:
         self.topics = Topics.for_prefix(settings.topic_prefix)
         self.poll_interval_s = tm.poll_interval_s if poll_interval_s is None else poll_interval_s
         self.backoff = Backoff(
-            backoff_base_s, tm.backoff_max_s if backoff_max_s is None else backoff_max_s
+            backoff_base_s,
+            tm.backoff_max_s if backoff_max_s is None else backoff_max_s,
+            retry_after_max_s=tm.retry_after_max_s,
         )
         self.auth_retry_s = tm.auth_retry_s if auth_retry_s is None else auth_retry_s
         self.retention_s = tm.retention_s if retention_s is None else retention_s
+        self.stalled_after_s = tm.stalled_after_s
+        self.max_skew_ms = int(tm.max_future_skew_s * 1000)
         self.cursor_refresh_s = cursor_refresh_s
         self.restore_timeout_s = restore_timeout_s
         self.eventtypes = ",".join(tm.eventtypes)
@@ -114,15 +129,62 @@ class AccountPoller:
         self.items_written = 0
         self._persisted_known_ms = 0
         self._component = f"ticketmatic:{account.name}"
-        # Counters exist from the start, so that rate()/increase() see their first event.
-        metrics.TM_GAPS.labels(account.name)
-        metrics.TM_GAP_SECONDS.labels(account.name)
+        # Last good progress (epoch ms, None before the first) and last successful request
+        # (epoch s). Until they are known, both count from the start: a lower bound that
+        # still grows in an outage.
+        self._started_ms = _now_ms()
+        self._progress_ms: int | None = None
+        self._success_s = self._started_ms / 1000
+        self._last_failure = "none yet"
+        self._logged: tuple[str, float] | None = None  # (what, when) of the last failure log
+        self._failed_since_success = 0
+        self._expose()
+
+    def _expose(self) -> None:
+        """Gauges read at scrape time, and counters that exist before their first event."""
+        name = self.account.name
+        metrics.TM_LAG.labels(name).set_function(self.lag_s)
+        metrics.TM_HEADROOM.labels(name).set_function(lambda: self.retention_s - self.lag_s())
+        metrics.TM_SINCE_SUCCESS.labels(name).set_function(self.since_success_s)
+        metrics.TM_GAPS.labels(name)
+        metrics.TM_GAP_SECONDS.labels(name)
+        metrics.TM_DUPLICATES.labels(name)
+        for outcome in ("ok", "empty", *_OUTCOMES.values()):
+            metrics.TM_POLLS.labels(name, outcome)
+        for reason in MALFORMED_REASONS:
+            metrics.TM_MALFORMED.labels(name, reason)
+
+    def lag_s(self) -> float:
+        """Now minus the last good progress: the newest item fetched, or the last poll
+        that found nothing more."""
+        return max(0.0, time.time() - (self._progress_ms or self._started_ms) / 1000)
+
+    def _progress(self, known_ms: int) -> None:
+        if known_ms:
+            self._progress_ms = max(self._progress_ms or 0, known_ms)
+
+    def since_success_s(self) -> float:
+        return max(0.0, time.time() - self._success_s)
+
+    def _stalled(self) -> str | None:
+        """The readiness reason once no request has succeeded for ``stalled_after_s``."""
+        since = self.since_success_s()
+        if since < self.stalled_after_s:
+            return None
+        return f"no successful eventstream request for {since:.0f} s (last: {self._last_failure})"
 
     # --- the loop ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop``; rebuild the Kafka session after any Kafka failure."""
         self.health.set(self._component, False, "starting")
+        self.health.watch(self._component, self._stalled)
+        try:
+            await self._sessions(stop)
+        finally:
+            self.health.forget(self._component)
+
+    async def _sessions(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             producer = kafka.producer(
                 self.settings.kafka,
@@ -155,7 +217,6 @@ class AccountPoller:
             finally:
                 await self._close(producer)
             await _sleep(delay, stop)
-        self.health.set(self._component, True, "stopped")
 
     async def _start_session(self, producer: AIOKafkaProducer) -> None:
         """Init the producer (fencing older owners), then read the cursor back."""
@@ -173,6 +234,12 @@ class AccountPoller:
             # A configured start is a position too: if it is past the retention, say so.
             self.cursor = Cursor(known_ms=ts_ms(self.account.start_ts))
         self._persisted_known_ms = self.cursor.known_ms if self.cursor else 0
+        if self.cursor is not None:
+            known = self.cursor.known_ms
+            if not known and self.cursor.id:
+                known = cursors.position_key(self.cursor.id)[0]
+            # A restored cursor says how far the stream was read, before this process.
+            self._progress(known)
         log.info(
             "ticketmatic %s: polling from %s",
             self.account.name,
@@ -189,28 +256,31 @@ class AccountPoller:
                 ahead = None
                 try:
                     page = await _race(fetch, stop)
+                    built = build(
+                        page,
+                        account=self.account.name,
+                        cursor=self.cursor,
+                        topics=self.topics,
+                        received_ms=_now_ms(),
+                        asof_ms=asof_ms,
+                        poller=self.poller_id,
+                        max_skew_ms=self.max_skew_ms,
+                    )
                 except StreamprocError as exc:
                     await _sleep(self._failed(exc), stop)
                     continue
-                built = build(
-                    page,
-                    account=self.account.name,
-                    cursor=self.cursor,
-                    topics=self.topics,
-                    received_ms=_now_ms(),
-                    asof_ms=asof_ms,
-                    poller=self.poller_id,
-                )
-                more = page.moreresults and bool(built.items or built.moved or built.dead_lettered)
+                # Only new items are a reason to ask again at once: an empty page whose
+                # nextid creeps forward would otherwise be asked for in a tight loop.
+                more = page.moreresults and bool(built.items or built.dead_lettered)
                 if more:
                     # Fetch the next page while this one commits: reading is harmless, and
                     # if the commit fails the page fetched ahead is thrown away.
                     ahead = (self._fetch(built.cursor), _now_ms())
                 if self._must_write(built):
                     await self._commit(writer, built)
-                elif self.cursor is not None:
-                    self.cursor.known_ms = built.cursor.known_ms
-                self._succeeded(page, built)
+                else:
+                    self.cursor = built.cursor  # written with the next records or refresh
+                self._succeeded(built)
                 if not more:
                     await _sleep(self.poll_interval_s, stop)
         finally:
@@ -240,12 +310,13 @@ class AccountPoller:
         return params
 
     def _must_write(self, built: PageRecords) -> bool:
-        if built.records or built.moved:
+        if built.records:
             return True
-        # Refresh known_ms now and then, so a restart measures retention gaps truly.
-        return (
-            built.cursor.id is not None
-            and built.cursor.known_ms - self._persisted_known_ms >= self.cursor_refresh_s * 1000
+        # A cursor that moved without items (nextid skipped ahead) or a newer known_ms is
+        # written now and then, not per page: a restart then asks again for a range that
+        # holds nothing new, and measures retention gaps truly.
+        return (built.moved or built.cursor.id is not None) and (
+            built.cursor.known_ms - self._persisted_known_ms >= self.cursor_refresh_s * 1000
         )
 
     async def _commit(self, writer: PageWriter, built: PageRecords) -> None:
@@ -254,52 +325,87 @@ class AccountPoller:
         self.cursor = built.cursor
         self._persisted_known_ms = built.cursor.known_ms
 
-    def _succeeded(self, page: EventstreamPage, built: PageRecords) -> None:
+    def _succeeded(self, built: PageRecords) -> None:
+        name = self.account.name
+        if self._failed_since_success:
+            log.info(
+                "ticketmatic %s: eventstream answers again after %d failed request(s) (%s)",
+                name,
+                self._failed_since_success,
+                self._last_failure,
+            )
+        self._failed_since_success = 0
+        self._logged = None
         self.backoff.reset()
+        self._success_s = time.time()
+        self._progress(built.cursor.known_ms)
         self.items_written += built.items
         if built.dead_lettered:  # committed with the page
             dlq.counted("poll", "ticketmatic", INVALID_ITEM, built.dead_lettered)
-        metrics.TM_POLLS.labels(self.account.name, "ok" if built.items else "empty").inc()
+        if built.duplicates:
+            metrics.TM_DUPLICATES.labels(name).inc(built.duplicates)
+        metrics.TM_POLLS.labels(name, "ok" if built.items else "empty").inc()
         if built.items:
-            metrics.TM_ITEMS.labels(self.account.name).inc(built.items)
+            metrics.TM_ITEMS.labels(name).inc(built.items)
             metrics.ITEMS_IN.labels("ticketmatic").inc(built.items)
-        if not page.moreresults:
-            lag = 0.0
-        elif built.newest_ms is not None:
-            lag = max(0.0, time.time() - built.newest_ms / 1000)
-        else:
-            lag = None
-        if lag is not None:
-            metrics.TM_LAG.labels(self.account.name).set(lag)
-            metrics.TM_HEADROOM.labels(self.account.name).set(self.retention_s - lag)
         self.health.set(self._component, True, "")
 
     def _failed(self, exc: StreamprocError) -> float:
         """Count and log a failed request; the delay before the next one."""
         outcome = next((o for cls, o in _OUTCOMES.items() if isinstance(exc, cls)), "error")
-        metrics.TM_POLLS.labels(self.account.name, outcome).inc()
         name = self.account.name
-        if isinstance(exc, AuthError):
-            log.error(
-                "ticketmatic %s: credentials refused (HTTP %d); check the access and secret "
-                "key of this account; retrying in %.0f s",
+        metrics.TM_POLLS.labels(name, outcome).inc()
+        what = outcome
+        if isinstance(exc, DecodeError):
+            metrics.TM_MALFORMED.labels(name, exc.code).inc()
+            what = f"malformed page ({exc.code})"
+        self._failed_since_success += 1
+        self._last_failure = what
+        if isinstance(exc, AuthError | BadRequest):
+            refused = f"{'credentials' if isinstance(exc, AuthError) else 'request'} refused"
+            refused += f" (HTTP {exc.status})"
+            self._log_failure(
+                logging.ERROR,
+                what,
+                "ticketmatic %s: %s; check this account's access key, secret key and name "
+                "(answer: %s); retrying in %.0f s",
                 name,
-                exc.status,
+                refused,
+                peer_text(exc.body),
                 self.auth_retry_s,
             )
-            self.health.set(self._component, False, f"auth refused (HTTP {exc.status})")
-            return self.auth_retry_s
-        if isinstance(exc, BadRequest):
-            log.error("ticketmatic %s: request refused: %s", name, exc)
-            self.health.set(self._component, False, f"request refused (HTTP {exc.status})")
+            self.health.set(self._component, False, refused)
             return self.auth_retry_s
         retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
         delay = self.backoff.next(retry_after)
-        level = logging.WARNING if self.backoff.failures > 3 else logging.INFO
-        log.log(level, "ticketmatic %s: %s (%s); retrying in %.1f s", name, outcome, exc, delay)
-        if self.backoff.failures > 3:
-            self.health.set(self._component, False, outcome)
+        if self.backoff.over_cap(retry_after):
+            log.warning(
+                "ticketmatic %s: Retry-After of %.0f s is over ticketmatic.retry_after_max_s; "
+                "waiting %.0f s",
+                name,
+                retry_after,
+                delay,
+            )
+        self._log_failure(
+            logging.WARNING,
+            what,
+            "ticketmatic %s: %s (%s); retrying in %.1f s",
+            name,
+            what,
+            exc,
+            delay,
+        )
         return delay
+
+    def _log_failure(self, level: int, what: str, message: str, *args: object) -> None:
+        """Log the first failure of a burst, a new kind of failure, or one a minute."""
+        now = time.monotonic()
+        last = self._logged
+        if last is not None and last[0] == what and now - last[1] < LOG_REPEAT_S:
+            log.debug(message, *args)
+            return
+        self._logged = (what, now)
+        log.log(level, message, *args)
 
     def _check_retention(self) -> None:
         """Count and log a gap when the stream may have lost items past the retention."""
@@ -325,6 +431,7 @@ class AccountPoller:
             self._position(),
         )
         self.cursor.known_ms = horizon
+        self._progress(horizon)
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
         try:

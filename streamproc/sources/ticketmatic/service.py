@@ -65,7 +65,9 @@ class PollService:
         self.health = health or Health()
         self.accounts = {a.name: a for a in settings.ticketmatic.accounts}
         self.client = EventstreamClient(
-            settings.ticketmatic.base_url, timeout_s=settings.ticketmatic.request_timeout_s
+            settings.ticketmatic.base_url,
+            timeout_s=settings.ticketmatic.request_timeout_s,
+            max_bytes=settings.ticketmatic.max_response_bytes,
         )
         self.ownership = Ownership(
             settings,
@@ -133,7 +135,7 @@ class PollService:
         for run in stopping if handed_over else ():
             # The new owner reports this account's lag; a stale value here would mislead
             # the alerts that take the minimum headroom per account.
-            for gauge in (metrics.TM_LAG, metrics.TM_HEADROOM):
+            for gauge in (metrics.TM_LAG, metrics.TM_HEADROOM, metrics.TM_SINCE_SUCCESS):
                 with contextlib.suppress(KeyError):
                     gauge.remove(run.poller.account.name)
         metrics.TM_ACTIVE.set(len(self.running))

@@ -6,14 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from streamproc import kafka, metrics
+from streamproc.errors import DecodeError
 from streamproc.sources.ticketmatic.client import decode_page
 from streamproc.sources.ticketmatic.cursor import Cursor
 from streamproc.sources.ticketmatic.page import H_POLLER, PageRecords, build
 from streamproc.topics import Topics
 
 TOPICS = Topics.for_prefix("p.")
+NOW_MS = 1_714_556_000_000  # the "received" clock of these pages: 2024-05-01T09:33:20Z
 
 
 def item(
@@ -40,7 +43,7 @@ def run(body: bytes, cursor: Cursor | None = None, asof_ms: int = 5_000) -> Page
         account="acme",
         cursor=cursor,
         topics=TOPICS,
-        received_ms=7_000,
+        received_ms=NOW_MS,
         asof_ms=asof_ms,
         poller="host:1",
     )
@@ -63,39 +66,86 @@ def test_items_keep_their_bytes_key_and_headers() -> None:
     assert headers[kafka.H_ACCOUNT] == b"acme"
     assert headers[kafka.H_ITEM_ID] == b"1000-0"
     assert headers[kafka.H_ITEM_TIME] == b"1714555800000"
-    assert headers[kafka.H_RECEIVED] == b"7000"
+    assert headers[kafka.H_RECEIVED] == str(NOW_MS).encode()
     assert headers[H_POLLER] == b"host:1"
     assert built.items == 2
     assert built.cursor == Cursor(
-        id="1000-1", next="1000-1", ts="2024-05-01T09:30:00", known_ms=5_000, updated_ms=7_000
+        id="1000-1", next="1000-1", ts="2024-05-01T09:30:00", known_ms=5_000, updated_ms=NOW_MS
     )
     assert built.moved
 
 
-def test_items_at_or_below_the_cursor_are_dropped() -> None:
-    """The start item served again (id is a minimum) and anything older are not written."""
+def test_the_start_item_served_again_is_a_counted_duplicate() -> None:
+    """The item a request started from comes back (id is a minimum): counted, not written."""
     cursor = Cursor(id="1000-9", next="1000-9", known_ms=1)
     body = page_of(
-        orjson.dumps(item("999-50")),
         orjson.dumps(item("1000-9")),
         orjson.dumps(item("1000-10")),
         orjson.dumps(item("1001-0")),
-        nextid="1001-0",
+        nextid="1001-1",
         more=True,
     )
     built = run(body, cursor)
     assert [dict(r.headers)[kafka.H_ITEM_ID] for r in built.records] == [b"1000-10", b"1001-0"]
-    assert built.duplicates == 2
+    assert built.duplicates == 1
     assert built.cursor.id == "1001-0"
+    assert built.cursor.next == "1001-1"
     # moreresults: only what was read is known, not the time of the request.
     assert built.cursor.known_ms == 1001
     assert built.newest_ms == 1001
 
 
-def test_a_repeated_item_within_a_page_is_written_once() -> None:
-    """An id seen earlier in the same page counts as a duplicate."""
-    body = page_of(orjson.dumps(item("5-1")), orjson.dumps(item("5-1")), nextid="5-1")
-    assert run(body).items == 1
+def _refused(body: bytes, cursor: Cursor | None = None) -> DecodeError:
+    with pytest.raises(DecodeError) as caught:
+        run(body, cursor)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("ids", "nextid", "code", "field"),
+    [
+        (["2000-3", "2000-2", "2000-1"], "2000-4", "ids_not_ascending", "results[1].id"),
+        (["2000-1", "2000-1"], "2000-2", "ids_not_ascending", "results[1].id"),
+        (["1000-10", "999-50"], "1000-11", "ids_not_ascending", "results[1].id"),
+        (["999-50", "1000-10"], "1000-11", "before_cursor", "results[0].id"),
+        (["1000-10", f"{NOW_MS + 301_000}-0"], "1000-11", "future_item", "results[1].id"),
+        (["1000-10"], "9999999999999-0", "nextid_future", "nextid"),
+        (["1000-10", "1000-12"], "1000-11", "nextid_behind", "nextid"),
+    ],
+)
+def test_an_insane_page_is_refused_whole(
+    ids: list[str], nextid: str, code: str, field: str
+) -> None:
+    """Disorder, items before the cursor, ids or nextid in the future: nothing is used."""
+    cursor = Cursor(id="1000-9", next="1000-10")
+    body = page_of(*(orjson.dumps(item(i)) for i in ids), nextid=nextid, more=True)
+    error = _refused(body, cursor)
+    assert (error.code, error.field) == (code, field)
+
+
+def test_an_item_time_in_the_future_refuses_the_page() -> None:
+    """An item whose ts lies beyond the allowed skew would make the lag lie: refused."""
+    future = {**item("1000-10"), "ts": "2030-01-01T00:00:00Z"}
+    error = _refused(page_of(orjson.dumps(future), nextid="1000-11"))
+    assert (error.code, error.field) == ("future_item", "results[0].ts")
+
+
+def test_a_broken_item_takes_part_in_the_checks() -> None:
+    """A broken item with a readable id must ascend too; one in the future refuses the page."""
+    broken = b'{"id":"%d-0","ts":"2024-05-01T09:30:00","data":{}}' % (NOW_MS + 10**9)
+    error = _refused(page_of(orjson.dumps(item("1000-10")), broken, nextid="1000-11"))
+    assert error.code == "future_item"
+    behind = b'{"id":"1000-1","data":{}}'
+    error = _refused(page_of(orjson.dumps(item("1000-10")), behind, nextid="1000-11"))
+    assert error.code == "ids_not_ascending"
+
+
+def test_skew_within_the_limit_is_accepted() -> None:
+    """An id a little ahead of our clock (within max_skew_ms) is a clock difference, kept."""
+    ahead = f"{NOW_MS + 299_000}-0"
+    built = run(page_of(orjson.dumps(item(ahead)), nextid=ahead))
+    assert built.items == 1
+    assert built.cursor.id == ahead
 
 
 def test_broken_items_go_to_the_dead_letter_topic_and_move_the_cursor() -> None:
