@@ -118,7 +118,8 @@ async def progress(metrics_url: str, tm_url: str, mp_url: str) -> str:
             return "waiting for streamproc run to answer on " + metrics_url
         tm = await _get_json(http, tm_url + "/_sim/stats") or {}
         mp = await _get_json(http, mp_url + "/_sim/stats") or {}
-    served = sum(a.get("served", 0) for a in tm.values()) if isinstance(tm, dict) else 0
+    accounts = tm.get("accounts") if isinstance(tm, dict) else None
+    served = sum(a.get("served", 0) for a in accounts.values()) if accounts else 0
     polled = _sum(m, "streamproc_ticketmatic_items_total")
     pushed = _sum(m, "streamproc_items_in_total", source="ticketure")
     mapped = _sum(m, "streamproc_map_items_total", outcome="mapped") + _sum(

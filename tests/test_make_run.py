@@ -73,6 +73,9 @@ def test_make_run_shows_deliveries_and_ctrl_c_stops_everything(tmp_path: Path) -
         assert f"stopped {name} (exit 0)" in output, output[-3000:]
     assert f"Kafka on port {port} stopped" in output
     assert "metrics" in output
+    served = re.findall(r"sim served (\d+)", output)
+    assert served, output[-3000:]
+    assert int(served[-1]) > 0, "the progress line reads the simulator's stats"
     assert "/_sim/stats" in output
     time.sleep(1)
     strays = processes_with(f"127.0.0.1:{port}".encode()) + processes_with(
