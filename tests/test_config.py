@@ -81,6 +81,11 @@ def test_scalars_and_lists_from_environment() -> None:
         ({"STREAMPROC_MPARTICLE_LINGER_MS": "-1"}, "STREAMPROC_MPARTICLE_LINGER_MS"),
         ({"STREAMPROC_KAFKA_REQUEST_TIMEOUT_MS": "0"}, "STREAMPROC_KAFKA_REQUEST_TIMEOUT_MS"),
         ({"STREAMPROC_RECEIVER_PORT": "65536"}, "STREAMPROC_RECEIVER_PORT"),
+        # A Retry-After obeyed for as long as the retention would lose everything behind it.
+        ({"STREAMPROC_TICKETMATIC_RETRY_AFTER_MAX_S": "14400"}, "must be well under retention"),
+        ({"STREAMPROC_TICKETMATIC_MAX_RESPONSE_BYTES": "1000"}, "Expected `int` >= 65536"),
+        ({"STREAMPROC_TICKETMATIC_MAX_FUTURE_SKEW_S": "0"}, "STREAMPROC_TICKETMATIC_MAX_FUTURE"),
+        ({"STREAMPROC_TICKETMATIC_STALLED_AFTER_S": "-1"}, "STREAMPROC_TICKETMATIC_STALLED"),
         # A base URL without a scheme would fail every request as a retried transport error.
         ({"STREAMPROC_MPARTICLE_BASE_URL": "s2s.mparticle.com"}, "STREAMPROC_MPARTICLE_BASE_URL"),
         ({"STREAMPROC_MPARTICLE_BASE_URL": "https://"}, "http:// or https:// URL with a host"),
