@@ -3,11 +3,18 @@
 For every partition of the group's topics, every ``interval_s``:
 
 - lag in records: the last stable offset (what a ``read_committed`` reader can reach)
-  minus the group's committed offset;
+  minus the offset of the first record the group can still process at or after its
+  committed offset. Offsets of a transactional topic also hold commit markers (and
+  aborted records) that no consumer ever processes, so a group that processed everything
+  sits one marker or more below the last stable offset: a peek that finds no readable
+  record up to it says the lag is 0. With records waiting it is an upper bound (markers
+  between them are counted too);
 - lag in seconds: the age of the oldest record not yet processed, i.e. now minus the
   timestamp of the first record at or after the committed offset (0 when caught up);
 - retention headroom: the topic's ``retention.ms`` as the broker has it, minus the lag in
-  seconds. At 0 the oldest unprocessed records start to expire unread: data loss.
+  seconds. At 0 the oldest unprocessed records start to expire unread: data loss. The
+  retention is read again every ``retention_refresh_s`` (60 s), so a changed topic config
+  (``streamproc topics ensure``) shows within a minute, without a restart.
 
 The monitor reads the group's offsets from outside (admin API), so it reports the same
 truth whichever member holds a partition, and keeps reporting while the group is stuck.
@@ -44,16 +51,18 @@ class LagMonitor(Service):
         topic_names: list[str],
         interval_s: float = 5.0,
         peek_timeout_s: float = 2.0,
+        retention_refresh_s: float = 60.0,
     ) -> None:
         self.settings = settings
         self.group = group
         self.topic_names = topic_names
         self.interval_s = interval_s
         self.peek_timeout_s = peek_timeout_s
+        self.retention_refresh_s = retention_refresh_s
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._retention_s: dict[str, float] = {}
+        self._retention_s: dict[str, tuple[float, float]] = {}  # topic: (seconds, read at)
 
     async def start(self) -> None:
         if self._task is not None:
@@ -90,10 +99,14 @@ class LagMonitor(Service):
             await asyncio.sleep(self.interval_s)
 
     async def _retention(self, topic: str) -> float:
-        if topic not in self._retention_s:
+        """The topic's retention in seconds, read again once ``retention_refresh_s`` passed."""
+        known = self._retention_s.get(topic)
+        now = time.monotonic()
+        if known is None or now - known[1] >= self.retention_refresh_s:
             ms = await topics.retention_ms(self.settings, topic)
-            self._retention_s[topic] = float("inf") if ms is None else ms / 1000.0
-        return self._retention_s[topic]
+            known = (float("inf") if ms is None else ms / 1000.0, now)
+            self._retention_s[topic] = known
+        return known[0]
 
     async def sample(self) -> dict[TopicPartition, tuple[int, float, float]]:
         """One reading: ``{partition: (lag records, lag seconds, headroom seconds)}``."""
@@ -112,13 +125,18 @@ class LagMonitor(Service):
             position = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
             committed[tp] = max(position, begins[tp])
         lagging = {tp: committed[tp] for tp in tps if ends[tp] > committed[tp]}
-        oldest_ms = await self._peek_timestamps(lagging)
+        oldest = await self._peek(lagging, ends)
         now = time.time()
         result: dict[TopicPartition, tuple[int, float, float]] = {}
         for tp in tps:
-            records = max(0, ends[tp] - committed[tp])
-            ts = oldest_ms.get(tp)
-            seconds = max(0.0, now - ts / 1000.0) if records and ts is not None else 0.0
+            first = oldest.get(tp)
+            if tp not in lagging or first == _NOTHING:
+                records, seconds = 0, 0.0
+            elif first is None:  # not seen within the peek: count from the commit
+                records, seconds = ends[tp] - committed[tp], 0.0
+            else:
+                records = ends[tp] - first[0]
+                seconds = max(0.0, now - first[1] / 1000.0)
             headroom = await self._retention(tp.topic) - seconds
             labels = (self.group, tp.topic, str(tp.partition))
             metrics.CONSUMER_LAG_RECORDS.labels(*labels).set(records)
@@ -127,24 +145,35 @@ class LagMonitor(Service):
             result[tp] = (records, seconds, headroom)
         return result
 
-    async def _peek_timestamps(
-        self, positions: dict[TopicPartition, int]
-    ) -> dict[TopicPartition, int]:
-        """Timestamp of the first readable record at or after each position."""
+    async def _peek(
+        self, positions: dict[TopicPartition, int], ends: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        """(offset, timestamp) of the first readable record at or after each position, or
+        :data:`_NOTHING` where the reader passed the end offset without one (markers and
+        aborted records only); partitions not settled within ``peek_timeout_s`` are left out.
+        """
         consumer = self._consumer
         if not positions or consumer is None:
             return {}
         consumer.assign(list(positions))
         for tp, offset in positions.items():
             consumer.seek(tp, offset)
-        found: dict[TopicPartition, int] = {}
+        found: dict[TopicPartition, tuple[int, int]] = {}
         deadline = time.monotonic() + self.peek_timeout_s
         while len(found) < len(positions) and time.monotonic() < deadline:
             pending = [tp for tp in positions if tp not in found]
             batch = await consumer.getmany(*pending, timeout_ms=200, max_records=len(pending) * 4)
-            for tp, records in batch.items():
-                if records and tp not in found:
-                    found[tp] = records[0].timestamp
-                    consumer.pause(tp)
+            for tp in pending:
+                records = batch.get(tp)
+                if records:
+                    found[tp] = (records[0].offset, records[0].timestamp)
+                elif await consumer.position(tp) >= ends[tp]:
+                    found[tp] = _NOTHING
+                else:
+                    continue
+                consumer.pause(tp)
         consumer.unsubscribe()
         return found
+
+
+_NOTHING = (-1, -1)  # no readable record between the position and the end offset

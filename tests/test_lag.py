@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import msgspec
 import pytest
 from aiokafka import TopicPartition
 
 from streamproc import kafka, metrics
 from streamproc.config import Settings
 from streamproc.lag import LagMonitor
-from streamproc.topics import Topics
+from streamproc.topics import Topics, ensure
 
 pytestmark = pytest.mark.kafka
 
@@ -88,3 +89,66 @@ async def test_group_without_commits_counts_from_the_beginning(
         records, seconds, _ = (await monitor.sample())[TopicPartition(topic, 2)]
     assert records == 3
     assert 9 < seconds < 20
+
+
+async def test_a_drained_transactional_topic_lags_zero_records(
+    kafka_settings: Settings, unique: Callable[[str], str]
+) -> None:
+    """Commit markers and aborted records are not lag: a group past every record reads 0."""
+    topic = Topics.for_prefix(kafka_settings.topic_prefix).batches
+    tp = TopicPartition(topic, 1)
+    producer = kafka.producer(kafka_settings.kafka, transactional_id=unique("lag-tx"))
+    await producer.start()
+    try:
+        for committed in (True, True, False):
+            await producer.begin_transaction()
+            for _ in range(3):
+                await producer.send_and_wait(topic, b"x", partition=1)
+            if committed:
+                await producer.commit_transaction()
+            else:
+                await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    group = unique("drained")
+    consumer = kafka.consumer(kafka_settings.kafka, group_id=group)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        got = await consumer.getmany(tp, timeout_ms=5000)
+        assert len(got[tp]) == 6  # the aborted three are never read
+        last = got[tp][-1].offset
+        async with LagMonitor(kafka_settings, group, [topic], interval_s=60) as monitor:
+            await consumer.commit({tp: last - 2})  # two of the six not processed yet
+            records, seconds, _ = (await monitor.sample())[tp]
+            assert records >= 2
+            assert seconds >= 0
+            await consumer.commit({tp: last + 1})  # what a consumer commits after the last
+            end = (await consumer.end_offsets([tp]))[tp]
+            assert end > last + 1  # markers and aborted records lie beyond it
+            assert (await monitor.sample())[tp][:2] == (0, 0.0)
+            assert gauge(metrics.CONSUMER_LAG_RECORDS, group, topic, 1) == 0
+    finally:
+        await consumer.stop()
+
+
+async def test_a_retention_change_shows_without_a_restart(
+    kafka_settings: Settings, unique: Callable[[str], str]
+) -> None:
+    """After `topics ensure` with a longer retention, the headroom follows at the next read."""
+    topic = Topics.for_prefix(kafka_settings.topic_prefix).ticketure
+    group = unique("retention")
+    before_s = kafka_settings.topics.source_retention_ms / 1000
+    async with LagMonitor(
+        kafka_settings, group, [topic], interval_s=60, retention_refresh_s=0
+    ) as monitor:
+        assert (await monitor.sample())[TopicPartition(topic, 0)][2] == before_s
+        longer = msgspec.structs.replace(
+            kafka_settings,
+            topics=msgspec.structs.replace(
+                kafka_settings.topics, source_retention_ms=int(before_s * 2000)
+            ),
+        )
+        await ensure(longer)
+        assert (await monitor.sample())[TopicPartition(topic, 0)][2] == before_s * 2
