@@ -252,7 +252,8 @@ END_TO_END = AgeHistogram(
 # --- consumer groups: lag against the retention window ----------------------------------
 CONSUMER_LAG_RECORDS = Gauge(
     "streamproc_consumer_lag_records",
-    "Records not yet processed, per consumer group and partition.",
+    "Records not yet processed, per consumer group and partition (0 once past the last "
+    "readable record: transaction markers and aborted records are not counted).",
     ["group", "topic", "partition"],
 )
 CONSUMER_LAG_SECONDS = Gauge(
@@ -262,6 +263,7 @@ CONSUMER_LAG_SECONDS = Gauge(
 )
 CONSUMER_HEADROOM = Gauge(
     "streamproc_consumer_retention_headroom_seconds",
-    "The topic's retention.ms minus the lag in seconds; at 0, records expire unread.",
+    "The topic's retention.ms (re-read every minute) minus the lag in seconds; at 0, "
+    "records expire unread.",
     ["group", "topic", "partition"],
 )
