@@ -21,7 +21,7 @@ from types import ModuleType
 import orjson
 
 from streamproc import config, topics
-from streamproc.errors import ConfigError
+from streamproc.errors import ConfigError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(f"streamproc: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:
+        print(f"streamproc: {exc}: giving up", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

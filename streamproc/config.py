@@ -95,6 +95,8 @@ class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A transaction left open by a crashed process blocks read_committed readers until
     # the broker aborts it: keep this short so recovery after a SIGKILL is quick.
     transaction_timeout_ms: Count = 30_000
+    # A role started while the broker is away waits this long for it (not ready), then exits.
+    startup_timeout_s: Seconds = 600.0
 
     def __post_init__(self) -> None:
         if self.security_protocol.startswith("SASL"):

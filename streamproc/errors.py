@@ -72,6 +72,11 @@ class BadRequest(HttpError):
     """400 and other 4xx: the request itself is wrong; retrying it unchanged will not help."""
 
 
+class Unavailable(StreamprocError):
+    """A service the process needs (Kafka at start-up) did not answer within its bound:
+    the process exits 1 for its orchestrator to restart it."""
+
+
 class TransportError(StreamprocError):
     """Timeouts, refused or reset connections: retriable with backoff."""
 

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from streamproc.config import Settings
 from streamproc.errors import ConfigError
-from streamproc.health import Health, HealthServer
+from streamproc.health import Health
 from streamproc.lag import LagMonitor
 from streamproc.lifecycle import stop_on_signals
 from streamproc.mapping.processor import MapProcessor
@@ -30,6 +30,7 @@ from streamproc.sinks.mparticle.deliverer import Deliverer
 from streamproc.sources.ticketmatic.command import check_accounts
 from streamproc.sources.ticketmatic.service import PollService
 from streamproc.sources.ticketure.receiver import Receiver
+from streamproc.startup import serving
 from streamproc.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,9 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
     def spawn(name: str, run: Callable[[], Awaitable[object]]) -> None:
         roles[name] = asyncio.create_task(_named(name, run), name=name)
 
-    async with HealthServer(health, settings.metrics_host, settings.metrics_port):
+    async with serving(settings, health, stop) as up:
+        if not up:
+            return 0
         receiver = Receiver(settings, health) if settings.receiver.senders else None
         poller = PollService(settings, health=health) if settings.ticketmatic.accounts else None
         processor = MapProcessor(settings, health=health)

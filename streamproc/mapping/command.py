@@ -17,10 +17,11 @@ import logging
 from aiokafka.errors import KafkaError
 
 from streamproc.config import Settings
-from streamproc.health import Health, HealthServer
+from streamproc.health import Health
 from streamproc.lag import LagMonitor
 from streamproc.lifecycle import stop_on_signals
 from streamproc.mapping.processor import MapProcessor
+from streamproc.startup import serving
 from streamproc.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,11 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
     monitor = LagMonitor(
         settings, processor.group_id, [names.ticketmatic, names.ticketure], args.lag_interval
     )
-    async with HealthServer(health, settings.metrics_host, settings.metrics_port), monitor:
+    async with serving(settings, health, stop) as up:
+        if not up:
+            return 0
         try:
-            async with processor:
+            async with monitor, processor:
                 await processor.run(stop)
         except (TimeoutError, KafkaError, OSError):
             log.exception("map: giving up")

@@ -12,10 +12,11 @@ import argparse
 
 from streamproc.config import Settings
 from streamproc.errors import ConfigError
-from streamproc.health import Health, HealthServer
+from streamproc.health import Health
 from streamproc.lag import LagMonitor
 from streamproc.lifecycle import stop_on_signals, wait_any
 from streamproc.sinks.mparticle.deliverer import Deliverer
+from streamproc.startup import serving
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,10 +52,13 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
     monitor = LagMonitor(
         settings, deliverer.group_id, [deliverer.topics.batches], interval_s=args.lag_interval
     )
-    async with HealthServer(health, settings.metrics_host, settings.metrics_port), monitor:
-        await deliverer.start()
-        try:
-            await wait_any(stop, deliverer.task)
-        finally:
-            await deliverer.stop()
+    async with serving(settings, health, stop) as up:
+        if not up:
+            return 0
+        async with monitor:
+            await deliverer.start()
+            try:
+                await wait_any(stop, deliverer.task)
+            finally:
+                await deliverer.stop()
     return 0

@@ -13,10 +13,11 @@ import logging
 from streamproc import kafka
 from streamproc.config import Settings
 from streamproc.errors import ConfigError, DecodeError
-from streamproc.health import Health, HealthServer
+from streamproc.health import Health
 from streamproc.lifecycle import stop_on_signals
 from streamproc.sources.ticketmatic.items import ts_ms
 from streamproc.sources.ticketmatic.service import PollService
+from streamproc.startup import serving
 from streamproc.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,6 @@ async def _cursor_topic_exists(settings: Settings) -> bool:
 
 async def command(settings: Settings, args: argparse.Namespace) -> int:
     check_accounts(settings)
-    if not await _cursor_topic_exists(settings):
-        log.error(
-            "topic %s is missing: run `streamproc topics ensure` first",
-            Topics.for_prefix(settings.topic_prefix).cursors,
-        )
-        return 2
     stop = stop_on_signals()
     health = Health()
     session_ms = int(args.session_timeout * 1000)
@@ -85,7 +80,15 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         heartbeat_interval_ms=max(500, session_ms // 4),
         backoff_base_s=args.backoff_base,
     )
-    async with HealthServer(health, settings.metrics_host, settings.metrics_port):
+    async with serving(settings, health, stop) as up:
+        if not up:
+            return 0
+        if not await _cursor_topic_exists(settings):
+            log.error(
+                "topic %s is missing: run `streamproc topics ensure` first",
+                Topics.for_prefix(settings.topic_prefix).cursors,
+            )
+            return 2
         log.info(
             "polling %d Ticketmatic account(s) at %s",
             len(settings.ticketmatic.accounts),
