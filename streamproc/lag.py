@@ -14,7 +14,16 @@ For every partition of the group's topics, every ``interval_s``:
 - retention headroom: the topic's ``retention.ms`` as the broker has it, minus the lag in
   seconds. At 0 the oldest unprocessed records start to expire unread: data loss. The
   retention is read again every ``retention_refresh_s`` (60 s), so a changed topic config
-  (``streamproc topics ensure``) shows within a minute, without a restart.
+  (``streamproc topics ensure``) shows within a minute, without a restart;
+- a stuck transaction: how long the partition's last stable offset has stayed at one
+  offset below its high watermark. A transaction that a crashed writer left open, or one
+  the coordinator lost (a broker stopped mid-transaction), pins every ``read_committed``
+  reader at that offset while committed records pile up behind it: healthy transactions
+  last well under a second and the offset moves with each commit, so a value past
+  ``kafka.transaction_timeout_ms`` means the broker is not settling it (see the runbook:
+  ``kafka-transactions.sh``). Records waiting behind it are not counted as records lag
+  (nothing can read them), but the pinned time counts as lag in seconds, so the headroom
+  falls while it lasts.
 
 The monitor reads the group's offsets from outside (admin API), so it reports the same
 truth whichever member holds a partition, and keeps reporting while the group is stuck.
@@ -61,6 +70,8 @@ class LagMonitor(Service):
         self.retention_refresh_s = retention_refresh_s
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._probe: AIOKafkaConsumer | None = None  # read_uncommitted: the high watermark
+        self._pinned: dict[TopicPartition, tuple[int, float]] = {}  # (LSO, since monotonic)
         self._task: asyncio.Task[None] | None = None
         self._retention_s: dict[str, tuple[float, float]] = {}  # topic: (seconds, read at)
 
@@ -71,14 +82,19 @@ class LagMonitor(Service):
         await self._admin.start()
         self._consumer = kafka.consumer(self.settings.kafka, group_id=None)
         await self._consumer.start()
+        self._probe = kafka.consumer(
+            self.settings.kafka, group_id=None, isolation_level="read_uncommitted"
+        )
+        await self._probe.start()
         self._task = asyncio.create_task(self._run(), name=f"lag-{self.group}")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait([task])
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        for consumer in (self._consumer, self._probe):
+            if consumer is not None:
+                await consumer.stop()
+        self._consumer = self._probe = None
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
@@ -110,7 +126,7 @@ class LagMonitor(Service):
 
     async def sample(self) -> dict[TopicPartition, tuple[int, float, float]]:
         """One reading: ``{partition: (lag records, lag seconds, headroom seconds)}``."""
-        if self._admin is None or self._consumer is None:
+        if self._admin is None or self._consumer is None or self._probe is None:
             raise RuntimeError("LagMonitor.sample() before start()")
         consumer = self._consumer
         tps = await kafka.partitions(self._admin, self.topic_names)
@@ -118,6 +134,7 @@ class LagMonitor(Service):
             return {}
         committed_raw = await self._admin.list_consumer_group_offsets(self.group)
         ends = await consumer.end_offsets(tps)
+        stuck_s = self._stuck(ends, await self._probe.end_offsets(tps))
         begins = await consumer.beginning_offsets(tps)
         committed: dict[TopicPartition, int] = {}
         for tp in tps:
@@ -137,13 +154,32 @@ class LagMonitor(Service):
             else:
                 records = ends[tp] - first[0]
                 seconds = max(0.0, now - first[1] / 1000.0)
+            seconds = max(seconds, stuck_s.get(tp, 0.0))
             headroom = await self._retention(tp.topic) - seconds
             labels = (self.group, tp.topic, str(tp.partition))
             metrics.CONSUMER_LAG_RECORDS.labels(*labels).set(records)
             metrics.CONSUMER_LAG_SECONDS.labels(*labels).set(seconds)
             metrics.CONSUMER_HEADROOM.labels(*labels).set(headroom)
+            metrics.CONSUMER_STUCK_TXN.labels(*labels).set(stuck_s.get(tp, 0.0))
             result[tp] = (records, seconds, headroom)
         return result
+
+    def _stuck(
+        self, stable: dict[TopicPartition, int], high: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, float]:
+        """Seconds each partition's last stable offset has stayed put below its high
+        watermark (partitions not pinned are left out)."""
+        now = time.monotonic()
+        stuck: dict[TopicPartition, float] = {}
+        for tp, lso in stable.items():
+            if high.get(tp, lso) <= lso:
+                self._pinned.pop(tp, None)
+                continue
+            pinned = self._pinned.get(tp)
+            if pinned is None or pinned[0] != lso:
+                pinned = self._pinned[tp] = (lso, now)
+            stuck[tp] = now - pinned[1]
+        return stuck
 
     async def _peek(
         self, positions: dict[TopicPartition, int], ends: dict[TopicPartition, int]

@@ -7,6 +7,11 @@ topics have replication factor and min ISR 1, so transactions and compacted topi
 
     python -m streamproc.localkafka up [--port 9092]    # idempotent, waits until it answers
     python -m streamproc.localkafka down [--port 9092]
+    python -m streamproc.localkafka transactions [--port 9092] -- find-hanging --broker-id 1
+
+``transactions`` is Kafka's own ``kafka-transactions.sh`` (``TransactionsCommand`` of the
+``kafka-tools`` jar, fetched with the broker's): it lists, describes and aborts the open
+transactions of any cluster, the remedy for a transaction left hanging (see deploy/README).
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ POM = """<?xml version="1.0" encoding="UTF-8"?>
     <dependency>
       <groupId>org.apache.kafka</groupId>
       <artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka-tools</artifactId>
       <version>{kafka}</version>
     </dependency>
     <dependency>
@@ -104,8 +114,10 @@ def libs_dir() -> Path:
 def resolve_jars() -> Path:
     """The folder of the broker's jars, fetched with Maven the first time."""
     libs = libs_dir()
-    if (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+    wanted = (f"kafka_2.13-{KAFKA_VERSION}.jar", f"kafka-tools-{KAFKA_VERSION}.jar")
+    if all((libs / jar).exists() for jar in wanted):
         return libs
+    shutil.rmtree(libs, ignore_errors=True)  # a cache from before kafka-tools was fetched
     mvn = shutil.which("mvn")
     if mvn is None:
         raise SystemExit("Maven (mvn) is needed to fetch the Kafka broker's jars; install it")
@@ -322,15 +334,29 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", choices=["up", "down", "jars"])
+    parser.add_argument("action", choices=["up", "down", "jars", "transactions"])
     parser.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_PORT", "9092")))
+    parser.add_argument(
+        "--bootstrap-server", help="for transactions: another cluster (default: the local one)"
+    )
+    parser.add_argument("tool_args", nargs="*", help="for transactions: the tool's arguments")
     args = parser.parse_args(argv)
     if args.action == "up":
         up(args.port)
     elif args.action == "down":
         down(args.port)
+    elif args.action == "transactions":
+        bootstrap = args.bootstrap_server or f"127.0.0.1:{args.port}"
+        raise SystemExit(transactions(bootstrap, args.tool_args))
     else:
         print(resolve_jars())
+
+
+def transactions(bootstrap: str, tool_args: list[str]) -> int:
+    """Run Kafka's ``kafka-transactions.sh`` against ``bootstrap``; its exit code."""
+    classpath = str(resolve_jars() / "*")
+    command = [_java(), "-cp", classpath, "org.apache.kafka.tools.TransactionsCommand"]
+    return subprocess.call([*command, "--bootstrap-server", bootstrap, *tool_args])
 
 
 if __name__ == "__main__":

@@ -261,6 +261,12 @@ CONSUMER_LAG_SECONDS = Gauge(
     "Age of the oldest record not yet processed (0 when caught up).",
     ["group", "topic", "partition"],
 )
+CONSUMER_STUCK_TXN = Gauge(
+    "streamproc_consumer_stuck_transaction_seconds",
+    "How long the partition's last stable offset has stayed at one offset below its high "
+    "watermark: an open transaction holding every read_committed reader back.",
+    ["group", "topic", "partition"],
+)
 CONSUMER_HEADROOM = Gauge(
     "streamproc_consumer_retention_headroom_seconds",
     "The topic's retention.ms (re-read every minute) minus the lag in seconds; at 0, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -9,10 +10,11 @@ import msgspec
 import pytest
 from aiokafka import TopicPartition
 
-from streamproc import kafka, metrics
+from streamproc import kafka, localkafka, metrics
 from streamproc.config import Settings
 from streamproc.lag import LagMonitor
 from streamproc.topics import Topics, ensure
+from tests.procs import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -152,3 +154,49 @@ async def test_a_retention_change_shows_without_a_restart(
         )
         await ensure(longer)
         assert (await monitor.sample())[TopicPartition(topic, 0)][2] == before_s * 2
+
+
+async def test_a_hanging_transaction_is_seen_and_the_tool_clears_it(
+    kafka_settings: Settings, kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    """An open transaction pins one partition: its stuck time grows; abort clears it."""
+    topic = Topics.for_prefix(kafka_settings.topic_prefix).batches
+    stuck_tp, free_tp = TopicPartition(topic, 1), TopicPartition(topic, 0)
+    group = unique("stuck")
+    hanging = kafka.producer(
+        kafka_settings.kafka, transactional_id=unique("hang"), transaction_timeout_ms=600_000
+    )
+    writer = kafka.producer(kafka_settings.kafka, transactional_id=unique("ok"))
+    await hanging.start()
+    await writer.start()
+    try:
+        await hanging.begin_transaction()
+        sent = await hanging.send_and_wait(topic, b"held", partition=1)
+        for partition in (0, 1):  # committed records behind the open one, and beside it
+            async with writer.transaction():
+                await writer.send_and_wait(topic, b"ok", partition=partition)
+        async with LagMonitor(kafka_settings, group, [topic], interval_s=60) as monitor:
+            await monitor.sample()
+            await asyncio.sleep(2.0)
+            reading = await monitor.sample()
+            stuck = gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 1)
+            assert stuck >= 1.5
+            assert gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 0) == 0
+            assert reading[stuck_tp][1] >= stuck  # the pinned time counts as lag in seconds
+            assert reading[free_tp][0] >= 1  # its record (and marker), readable
+            # Kafka's own remedy, shipped with the local broker's jars.
+            args = ["abort", "--topic", topic, "--partition", "1"]
+            args += ["--start-offset", str(sent.offset)]
+            code = await asyncio.to_thread(localkafka.transactions, kafka_bootstrap, args)
+            assert code == 0
+            await wait_for(
+                lambda: _unpinned(monitor, group, topic), timeout_s=30, what="partition 1 freed"
+            )
+    finally:
+        await writer.stop()
+        await hanging.stop()
+
+
+async def _unpinned(monitor: LagMonitor, group: str, topic: str) -> bool:
+    await monitor.sample()
+    return gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 1) == 0
