@@ -9,10 +9,12 @@ minutes off get 401; another account's valid key gets 403); errors carry Ticketm
 JSON shape. Items older than the retention (4 h divided by ``time_scale``) are dropped.
 Faults can be injected at random (``p429``, ``p5xx``) or scripted (``fail_next``).
 
-``nextid`` is the id of the last item looked at (``nextid="last"``), so the next page
-starts with it again and a consumer must drop what it already has, as the documentation
-warns ("minimum id"); ``nextid="after"`` gives the id just after it instead. An empty
-answer repeats the requested ``id`` (``"0"`` without one), as the API reference shows.
+``nextid`` is, as documented, the id to start the next call at: the id just after the
+last item looked at (``nextid="after"``, the default), so following it serves no item
+twice. ``nextid="last"`` gives the id of that last item instead, so the next page starts
+with it again and a consumer must drop what it already has (``id`` is a minimum): a
+server that misbehaves within the letter of the API. An empty answer repeats the
+requested ``id`` (``"0"`` without one), as the API reference shows.
 
 Use it in-process (``async with TicketmaticSim(...) as sim``, then ``sim.url``,
 ``sim.generate``, ``sim.add_items``, ``sim.fail_next``, ``sim.stats()``) or as the CLI
@@ -81,12 +83,13 @@ class TicketmaticSim(Service):
         p5xx: float = 0.0,
         retry_after_s: float = 1.0,
         latency_s: float = 0.0,
-        nextid: NextId = "last",
+        nextid: NextId = "after",
         unknown_fraction: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if page_size < (2 if nextid == "last" else 1):
-            raise ValueError("page_size: must be at least 2 when a page starts at its nextid")
+            # Each page would start with the previous page's only item: no progress.
+            raise ValueError('page_size: must be at least 2 with nextid="last"')
         self.host = host
         self.port = port
         self.page_size = page_size
@@ -354,9 +357,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--nextid",
-        choices=["last", "after"],
-        default="last",
-        help="nextid = the last item (served again) or the id after it (default last)",
+        choices=["after", "last"],
+        default="after",
+        help="nextid = the id after the last item, as documented (default), or the last"
+        " item itself, which the next page then serves again",
     )
     parser.add_argument(
         "--unknown-types",
