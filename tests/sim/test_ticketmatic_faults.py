@@ -1,8 +1,9 @@
-"""The Ticketmatic simulator's fault modes and outages, through real HTTP: in-process and
-by the control API."""
+"""The Ticketmatic simulator's fault modes and outages, through real HTTP: in-process, by
+the control API and by the CLI options."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import time
@@ -17,6 +18,7 @@ import pytest_asyncio
 
 from streamproc.sim.faults import RUNAWAY_NEXTID, misbehaviour
 from streamproc.sim.ticketmatic import TicketmaticSim
+from streamproc.sim.ticketmatic_command import add_arguments, schedule_faults
 from streamproc.sources.ticketmatic.cursor import position_key
 from tests.sim.test_ticketmatic_sim import ACME, BETA, Clock, signed
 
@@ -363,7 +365,7 @@ def test_faults_that_do_not_fit_are_refused() -> None:
     assert misbehaviour("drip", {"chunk": "3", "interval": "0.5"}).interval == 0.5
 
 
-# --- the control API reaches the same ---------------------------------------------------
+# --- the control API and the CLI reach the same ---------------------------------------------------
 
 
 async def test_control_api_queues_faults_and_outages(sim: TicketmaticSim) -> None:
@@ -401,3 +403,56 @@ async def test_control_api_queues_faults_and_outages(sim: TicketmaticSim) -> Non
         async with session.get(f"{sim.url}/_sim/stats") as r:
             faults = (await r.json())["accounts"]["beta"]["faults"]
     assert faults == {"oversized": 1, "outage": 1}
+
+
+def cli_args(*options: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--account", "acme:ak-acme:sk-acme", *options])
+
+
+async def test_cli_options_queue_the_same_faults(sim: TicketmaticSim) -> None:
+    """--misbehave MODE[:COUNT] with the mode options, --fault-account and --outage."""
+    normal = await ids(sim)
+    args = cli_args(
+        "--misbehave",
+        "descending:2",
+        "--misbehave",
+        "retry_after",
+        "--retry-after-text",
+        "soon",
+        "--misbehave",
+        "deep",
+        "--deep-depth",
+        "50",
+        "--misbehave",
+        "drip",
+        "--drip-chunk",
+        "4096",
+        "--drip-interval",
+        "0",
+        "--fault-account",
+        "acme",
+    )
+    schedule_faults(sim, args)
+    assert [await ids(sim) for _ in range(2)] == [normal[::-1]] * 2
+    status, headers, _ = await fetch(sim)
+    assert (status, headers["Retry-After"]) == (429, "soon")
+    assert nesting((await fetch(sim))[2]) == 50
+    assert await ids(sim) == normal  # the drip, all at once
+    assert await ids(sim) == normal
+    assert await ids(sim, "beta") == [i for i, _ in sim.items("beta")[:5]]
+    schedule_faults(sim, cli_args("--outage", "60", "--outage-status", "500"))
+    assert [(await fetch(sim, a))[0] for a in ("acme", "beta")] == [500, 500]
+    schedule_faults(sim, cli_args("--outage", "60", "--outage-reset", "--fault-account", "beta"))
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await fetch(sim, "beta")
+
+
+@pytest.mark.parametrize(
+    "options", [["--misbehave", "sideways"], ["--misbehave", "creep:0"], ["--outage", "soon"]]
+)
+def test_cli_refuses_fault_options_that_do_not_parse(options: list[str]) -> None:
+    """An unknown mode, a count below 1 or an outage that is no number: a usage error."""
+    with pytest.raises(SystemExit):
+        cli_args(*options)

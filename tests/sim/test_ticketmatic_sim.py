@@ -319,7 +319,7 @@ def test_confirmed_orders_add_up(shared_reference: Path) -> None:
 
 
 async def test_cli_command_serves_until_sigterm(tmp_path: Path) -> None:
-    """`streamproc sim ticketmatic` serves a backlog and exits 0 on SIGTERM."""
+    """`streamproc sim ticketmatic` serves a backlog, misbehaves as told, exits 0 on SIGTERM."""
     from streamproc.localkafka import free_port
 
     port = free_port()
@@ -335,6 +335,8 @@ async def test_cli_command_serves_until_sigterm(tmp_path: Path) -> None:
             "30",
             "--page-size",
             "10",
+            "--misbehave",
+            "descending",
         ],
         settings_env(Settings()),
         tmp_path / "sim.log",
@@ -351,10 +353,13 @@ async def test_cli_command_serves_until_sigterm(tmp_path: Path) -> None:
 
         await wait_for(up, timeout_s=20, what="the simulator to listen")
         async with aiohttp.ClientSession() as s:
-            async with s.get(f"{sim_url}/api/1/acme/eventstream", headers=signed(ACME)) as r:
-                body = await r.json()
-            assert len(body["results"]) == 10
-            assert body["moreresults"] is True
+            pages = []
+            for _ in range(2):
+                async with s.get(f"{sim_url}/api/1/acme/eventstream", headers=signed(ACME)) as r:
+                    pages.append(await r.json())
+            assert [len(p["results"]) for p in pages] == [10, 10]
+            assert pages[1]["moreresults"] is True
+            assert pages[0]["results"] == pages[1]["results"][::-1]
     finally:
         code = proc.terminate()
     assert code == 0, proc.log_path.read_text()
