@@ -45,7 +45,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "deliver batches to mParticle's Events API",
     ),
     ("run",): ("streamproc.runner", "every role in one process"),
-    ("sim", "ticketmatic"): ("streamproc.sim.ticketmatic", "a Ticketmatic eventstream simulator"),
+    ("sim", "ticketmatic"): (
+        "streamproc.sim.ticketmatic_command",
+        "a Ticketmatic eventstream simulator",
+    ),
     ("sim", "ticketure"): ("streamproc.sim.ticketure", "a Ticketure push simulator"),
     ("sim", "mparticle"): ("streamproc.sim.mparticle", "an mParticle Events API simulator"),
     ("dlq", "inspect"): ("streamproc.dlq", "show dead-lettered records and their reasons"),

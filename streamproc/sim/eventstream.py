@@ -2,7 +2,8 @@
 
 Pure data structures for :mod:`streamproc.sim.ticketmatic` (no HTTP here): items are kept
 in id order with their JSON encoded once, pages are cut by bisection on ``(ms, seq)``,
-and the oldest items are dropped past the retention.
+and the oldest items are dropped past the retention. :func:`misshapen_page` reshapes a
+page for the fault modes that keep its parts (see :mod:`streamproc.sim.faults`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import base64
 import binascii
 import bisect
 import hmac
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,6 +21,7 @@ import msgspec
 import orjson
 
 from streamproc.errors import DecodeError
+from streamproc.sim.faults import FUTURE_MS, RUNAWAY_NEXTID, Mode, Outage, Script
 from streamproc.sim.webshop import WebshopSessions
 from streamproc.sources.ticketmatic import auth
 from streamproc.sources.ticketmatic.cursor import position_key
@@ -49,12 +51,6 @@ class StreamItem(msgspec.Struct, frozen=True, array_like=True):
     raw: bytes
 
 
-class Fault(msgspec.Struct):
-    status: int
-    retry_after: float | None = None
-    body: bytes | None = None
-
-
 class Stream:
     """One account's items in id order; the oldest are dropped past the retention."""
 
@@ -65,7 +61,8 @@ class Stream:
         self.items: list[StreamItem] = []
         self.first = 0  # items before this index are dropped
         self.last_key = (0, 0)
-        self.faults: deque[Fault] = deque()
+        self.script = Script()  # answers queued for the next requests
+        self.outage: Outage | None = None
         self.stats: Counter[str] = Counter()
 
     def next_key(self, ms: int) -> tuple[int, int]:
@@ -77,8 +74,7 @@ class Stream:
     def append(self, ms: int, item_type: str, data: dict[str, Any]) -> str:
         key = self.next_key(ms)
         item_id = f"{key[0]}-{key[1]}"
-        ts = datetime.fromtimestamp(key[0] / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        raw = orjson.dumps({"id": item_id, "ts": ts, "type": item_type, "data": data})
+        raw = orjson.dumps({"id": item_id, "ts": _ts(key[0]), "type": item_type, "data": data})
         self._store(StreamItem(key, item_id, normalize_type(item_type), raw))
         return item_id
 
@@ -197,3 +193,47 @@ def page_body(items: list[StreamItem], nextid: str, more: bool) -> bytes:
             b"}",
         )
     )
+
+
+def _ts(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def misshapen_page(
+    mode: Mode,
+    items: list[StreamItem],
+    nextid: str,
+    more: bool,
+    start: tuple[int, int] | None,
+    now_ms: int,
+) -> bytes:
+    """The body of a page of ``items`` reshaped as fault ``mode`` has it.
+
+    ``descending``: the same items, newest first. ``future_id``: the last item (or, on an
+    empty page, a pageview of its own) with an id and ts 100 years after ``now_ms``, the
+    nextid unchanged. ``runaway_nextid``: nextid is ``RUNAWAY_NEXTID``. ``creep``: no
+    items, moreresults true and a nextid one sequence number past ``start``. Any other
+    mode: the page as it is (a drip sends it slowly).
+    """
+    if mode == "descending":
+        return page_body(items[::-1], nextid, more)
+    if mode == "future_id":
+        return page_body([*items[:-1], _future(items[-1] if items else None, now_ms)], nextid, more)
+    if mode == "runaway_nextid":
+        return page_body(items, RUNAWAY_NEXTID, more)
+    if mode == "creep":
+        ms, seq = start or (0, 0)
+        return orjson.dumps({"results": [], "nextid": f"{ms}-{seq + 1}", "moreresults": True})
+    return page_body(items, nextid, more)
+
+
+def _future(item: StreamItem | None, now_ms: int) -> StreamItem:
+    ms = now_ms + FUTURE_MS
+    try:
+        decoded = orjson.loads(item.raw) if item is not None else None
+    except orjson.JSONDecodeError:
+        decoded = None
+    if not isinstance(decoded, dict):  # a broken item: a pageview stands in for it
+        decoded = {"type": "webshop:pageview", "data": {"ref": "sim-future"}}
+    decoded |= {"id": f"{ms}-0", "ts": _ts(ms)}
+    return StreamItem((ms, 0), decoded["id"], "", orjson.dumps(decoded))

@@ -7,23 +7,30 @@ of up to ``page_size`` items whose ids ``<ms>-<seq>`` ascend; both authenticatio
 checked (a missing header, a wrong key or signature, or a signature time more than 30
 minutes off get 401; another account's valid key gets 403); errors carry Ticketmatic's
 JSON shape. Items older than the retention (4 h divided by ``time_scale``) are dropped.
-Faults can be injected at random (``p429``, ``p5xx``) or scripted (``fail_next``).
 
-``nextid`` is the id of the last item looked at (``nextid="last"``), so the next page
-starts with it again and a consumer must drop what it already has, as the documentation
-warns ("minimum id"); ``nextid="after"`` gives the id just after it instead. An empty
-answer repeats the requested ``id`` (``"0"`` without one), as the API reference shows.
+It misbehaves on request, to show how a client answers each fault: at random (``p429``,
+``p5xx``); scripted for the next requests (``fail_next``: a status or a body); in a fault
+mode for the next requests (``misbehave``: pages descending, with an id 100 years ahead,
+a runaway nextid or a creeping one; bodies oversized, deep or dripped; a 429 with any
+Retry-After text; a dropped connection, see :mod:`streamproc.sim.faults`); or for a time
+(``outage``: every request answered a status, or dropped). Each for one account or all.
+Misbehaving answers are counted by mode in ``stats()``, their items never as served.
+
+``nextid`` is, as documented, the id to start the next call at: the id just after the
+last item looked at (``nextid="after"``, the default), so following it serves no item
+twice. ``nextid="last"`` gives the id of that last item instead, so the next page starts
+with it again and a consumer must drop what it already has (``id`` is a minimum): a
+server that misbehaves within the letter of the API. An empty answer repeats the
+requested ``id`` (``"0"`` without one), as the API reference shows.
 
 Use it in-process (``async with TicketmaticSim(...) as sim``, then ``sim.url``,
-``sim.generate``, ``sim.add_items``, ``sim.fail_next``, ``sim.stats()``) or as the CLI
-command. ``GET /_sim/stats`` reports per account what was generated, kept, dropped and
-served; ``POST /_sim/generate?account=A&n=N`` and ``POST /_sim/fail?status=S&count=N``
-drive it from outside.
+``sim.generate``, ``sim.add_items``, ``sim.fail_next``, ``sim.misbehave``, ``sim.outage``,
+``sim.stats()``), as the CLI command (:mod:`streamproc.sim.ticketmatic_command`), or from
+outside through ``/_sim/...`` (:mod:`streamproc.sim.ticketmatic_control`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import random
@@ -31,32 +38,27 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from streamproc.config import RETENTION_4H_S, Settings
-from streamproc.lifecycle import Service, cancel_and_wait, stop_on_signals
+from streamproc.config import RETENTION_4H_S
+from streamproc.lifecycle import Service, cancel_and_wait
 from streamproc.sim.eventstream import (
-    Fault,
     NextId,
     SimAccount,
     Stream,
     check_authorization,
+    misshapen_page,
     page_body,
     parse_query,
 )
+from streamproc.sim.faults import PAGELESS, Fault, Outage, header_safe, misbehaviour
+from streamproc.sim.ticketmatic_answers import drop, error, fault, misbehaving
+from streamproc.sim.ticketmatic_control import routes
 from streamproc.sim.webshop import WebshopSessions
 
-__all__ = ["SimAccount", "TicketmaticSim", "add_arguments", "command"]
+__all__ = ["SimAccount", "TicketmaticSim"]
 
 log = logging.getLogger(__name__)
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"code": status, "message": message, "applicationcode": 0, "applicationdata": None}
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
 
 
 class TicketmaticSim(Service):
@@ -81,12 +83,13 @@ class TicketmaticSim(Service):
         p5xx: float = 0.0,
         retry_after_s: float = 1.0,
         latency_s: float = 0.0,
-        nextid: NextId = "last",
+        nextid: NextId = "after",
         unknown_fraction: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if page_size < (2 if nextid == "last" else 1):
-            raise ValueError("page_size: must be at least 2 when a page starts at its nextid")
+            # Each page would start with the previous page's only item: no progress.
+            raise ValueError('page_size: must be at least 2 with nextid="last"')
         self.host = host
         self.port = port
         self.page_size = page_size
@@ -106,6 +109,7 @@ class TicketmaticSim(Service):
         self._by_key = {s.account.access_key: s.account for s in self.streams.values()}
         self._runner: web.AppRunner | None = None
         self._generator: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()  # ends streamed answers in flight at stop()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -117,11 +121,10 @@ class TicketmaticSim(Service):
     async def start(self) -> None:
         if self._runner is not None:
             return
+        self._stopping.clear()
         app = web.Application()
         app.router.add_get("/api/1/{account}/eventstream", self._eventstream)
-        app.router.add_get("/_sim/stats", self._stats)
-        app.router.add_post("/_sim/generate", self._generate)
-        app.router.add_post("/_sim/fail", self._fail)
+        app.add_routes(routes(self))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -133,6 +136,7 @@ class TicketmaticSim(Service):
         log.info("Ticketmatic simulator on %s (%d accounts)", self.url, len(self.streams))
 
     async def stop(self) -> None:
+        self._stopping.set()
         generator, self._generator = self._generator, None
         await cancel_and_wait([generator])
         if self._runner is not None:
@@ -174,20 +178,66 @@ class TicketmaticSim(Service):
                 ids.append(stream.append(now, str(item.get("type", "")), item.get("data", {})))
         return ids
 
+    def _scope(self, account: str | None) -> list[Stream]:
+        """``account``'s stream (KeyError if there is none), or every stream."""
+        return [self.streams[account]] if account else list(self.streams.values())
+
     def fail_next(
         self,
         count: int,
         status: int = 503,
         *,
         account: str | None = None,
-        retry_after: float | None = None,
+        retry_after: float | str | None = None,
         body: bytes | None = None,
     ) -> None:
         """Answer the next ``count`` requests (of ``account``, or of each account) with
         ``status``; a ``body`` replaces the error JSON (a 200 with a bad body is a
-        malformed answer)."""
-        for name in [account] if account else list(self.streams):
-            self.streams[name].faults.extend(Fault(status, retry_after, body) for _ in range(count))
+        malformed answer). ``retry_after``: seconds, or any text, sent as Retry-After
+        (a 429 gets ``retry_after_s`` without it)."""
+        if isinstance(retry_after, str):
+            header_safe(retry_after)
+        for stream in self._scope(account):
+            stream.script.add(Fault(status, retry_after, body), count)
+
+    def misbehave(
+        self, mode: str, *, count: int = 1, account: str | None = None, **params: object
+    ) -> None:
+        """Answer the next ``count`` requests (of ``account``, or of each account) in fault
+        ``mode`` (see :mod:`streamproc.sim.faults`), after those already queued.
+
+        ``params`` are the mode's: ``size`` (bytes) and ``content_length`` (bool) of
+        ``oversized``, ``depth`` of ``deep``, ``chunk`` (bytes) and ``interval`` (seconds)
+        of ``drip``, ``value`` (the Retry-After text) of ``retry_after``; Python values or
+        their text. ValueError for an unknown mode, parameter or value, KeyError for an
+        unknown account. These answers are counted in ``stats()[account]["faults"]`` by
+        mode, their items never as served. A page-shaped mode waits for a request whose
+        parameters are readable (an unreadable one gets its 400). ``reset`` drops one
+        connection per count: a client that retries a GET once on a dropped connection,
+        as aiohttp does, sees one only with ``count=2``.
+        """
+        answer = misbehaviour(mode, params)
+        for stream in self._scope(account):
+            stream.script.add(answer, count)
+
+    def outage(
+        self,
+        seconds: float,
+        status: int = 503,
+        *,
+        reset: bool = False,
+        account: str | None = None,
+    ) -> None:
+        """For ``seconds`` from now (the simulator's clock), answer every request of
+        ``account`` (or of each account) ``status`` with Ticketmatic's error JSON, before
+        credentials are checked, or with ``reset`` drop the connection without an answer
+        (a TCP reset: a transport error). ``seconds=0`` ends an outage; a new one replaces
+        the old. Scripted answers wait until it is over."""
+        if seconds < 0 or not 100 <= status <= 599:
+            raise ValueError("seconds: not negative; status: 100 to 599")
+        until = self.clock() + seconds
+        for stream in self._scope(account):
+            stream.outage = Outage(until, None if reset else status)
 
     def items(self, account: str) -> list[tuple[str, bytes]]:
         """(id, raw JSON) of every item still kept for ``account``."""
@@ -205,6 +255,7 @@ class TicketmaticSim(Service):
                 "kept": len(live),
                 "requests": stream.stats.get("requests", 0),
                 "status": {k[7:]: v for k, v in stream.stats.items() if k.startswith("status_")},
+                "faults": {k[6:]: v for k, v in stream.stats.items() if k.startswith("fault_")},
                 "oldest_id": live[0].id if live else None,
                 "newest_id": live[-1].id if live else None,
             }
@@ -226,43 +277,61 @@ class TicketmaticSim(Service):
 
     # --- HTTP -----------------------------------------------------------------------------
 
-    async def _eventstream(self, request: web.Request) -> web.Response:
-        name = request.match_info["account"]
-        problem = check_authorization(
-            request.headers.get("Authorization"), name, self._by_key, self.clock()
-        )
-        refused = _error(*problem) if problem else None
-        stream = self.streams.get(name)
+    async def _eventstream(self, request: web.Request) -> web.StreamResponse:
+        stream = self.streams.get(request.match_info["account"])
         if stream is not None:
             stream.stats["requests"] += 1
-        response = refused or await self._answer(request, stream)
+        response = await self._answer(request, stream)
+        if response is None:  # dropped: nothing of this one is sent
+            return web.Response()
         if stream is not None:
             stream.stats[f"status_{response.status}"] += 1
         return response
 
-    async def _answer(self, request: web.Request, stream: Stream | None) -> web.Response:
+    async def _answer(
+        self, request: web.Request, stream: Stream | None
+    ) -> web.StreamResponse | None:
+        outage = stream.outage if stream is not None else None
+        if stream is not None and outage is not None and self.clock() < outage.until:
+            stream.stats["fault_outage"] += 1
+            if outage.status is None:
+                drop(request)
+                return None
+            return error(outage.status, "Service unavailable (simulated outage)")
+        name = request.match_info["account"]
+        problem = check_authorization(
+            request.headers.get("Authorization"), name, self._by_key, self.clock()
+        )
+        if problem:
+            return error(*problem)
         if stream is None:  # a key is per account, so authentication already refused it
-            return _error(403, "Forbidden")
+            return error(403, "Forbidden")
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        fault = stream.faults.popleft() if stream.faults else self._random_fault()
-        if fault is not None:
-            headers = {}
-            if fault.retry_after is not None or fault.status == 429:
-                wait = self.retry_after_s if fault.retry_after is None else fault.retry_after
-                headers["Retry-After"] = f"{wait:g}"
-            if fault.body is not None:
-                return web.Response(body=fault.body, status=fault.status, headers=headers)
-            return _error(fault.status, "Injected failure", headers)
+        queued = stream.script.peek() or self._random_fault()
+        if isinstance(queued, Fault):
+            stream.script.take()  # a random fault was never queued: nothing is taken
+            return fault(queued, self.retry_after_s)
+        if queued is not None and queued.mode in PAGELESS:
+            stream.script.take()
+            stream.stats[f"fault_{queued.mode}"] += 1
+            return await misbehaving(request, queued, b"", self._now_ms(), self._stopping)
         try:
             start, types = parse_query(request.query)
-        except ValueError as exc:
-            return _error(400, f"Bad request: {exc}")
+        except ValueError as exc:  # a misbehaviour queued waits for a readable request
+            return error(400, f"Bad request: {exc}")
         self._expire(stream)
         items, last, more = stream.page(start, types, self.page_size, self.nextid)
-        stream.stats["served"] += len(items)
-        body = page_body(items, last or request.query.get("id") or "0", more)
-        return web.Response(body=body, content_type="application/json")
+        nextid = last or request.query.get("id") or "0"
+        if queued is None:
+            stream.stats["served"] += len(items)
+            return web.Response(
+                body=page_body(items, nextid, more), content_type="application/json"
+            )
+        stream.script.take()
+        stream.stats[f"fault_{queued.mode}"] += 1
+        page = misshapen_page(queued.mode, items, nextid, more, start, self._now_ms())
+        return await misbehaving(request, queued, page, self._now_ms(), self._stopping)
 
     def _random_fault(self) -> Fault | None:
         if self.p429 and self._rng.random() < self.p429:
@@ -270,133 +339,3 @@ class TicketmaticSim(Service):
         if self.p5xx and self._rng.random() < self.p5xx:
             return Fault(self._rng.choice([500, 502, 503]))
         return None
-
-    async def _stats(self, _request: web.Request) -> web.Response:
-        return web.Response(
-            body=orjson.dumps({"accounts": self.stats()}), content_type="application/json"
-        )
-
-    async def _generate(self, request: web.Request) -> web.Response:
-        name = request.query.get("account") or next(iter(self.streams))
-        if name not in self.streams:
-            return _error(404, f"no account {name}")
-        ids = self.generate(name, int(request.query.get("n", "1")))
-        return web.json_response(
-            {"account": name, "generated": len(ids), "last_id": ids[-1] if ids else None}
-        )
-
-    async def _fail(self, request: web.Request) -> web.Response:
-        q = request.query
-        retry_after = float(q["retry_after"]) if "retry_after" in q else None
-        self.fail_next(
-            int(q.get("count", "1")),
-            int(q.get("status", "503")),
-            account=q.get("account"),
-            retry_after=retry_after,
-        )
-        return web.json_response({"queued": int(q.get("count", "1"))})
-
-
-# --- the CLI command --------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--account",
-        action="append",
-        default=[],
-        metavar="NAME:ACCESSKEY:SECRETKEY",
-        help="an account to serve (repeatable; default: ticketmatic.accounts from the settings)",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="listen port (default 8765)")
-    parser.add_argument(
-        "--page-size", type=int, default=1000, help="items per page at most (default 1000)"
-    )
-    parser.add_argument(
-        "--rate", type=float, default=0.0, help="items generated per second per account (default 0)"
-    )
-    parser.add_argument(
-        "--backlog", type=int, default=0, help="items per account at the start (default 0)"
-    )
-    parser.add_argument(
-        "--backlog-span",
-        type=float,
-        default=3600.0,
-        help="seconds the backlog is spread over (default 3600)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of sessions and random faults (default 0)"
-    )
-    parser.add_argument(
-        "--retention",
-        type=float,
-        default=RETENTION_4H_S,
-        help="seconds items are kept (default 14400: 4 h)",
-    )
-    parser.add_argument(
-        "--time-scale",
-        type=float,
-        default=1.0,
-        help="divide the retention by this (3600: 4 h pass in 4 s)",
-    )
-    parser.add_argument(
-        "--p429", type=float, default=0.0, help="share of requests answered 429 (default 0)"
-    )
-    parser.add_argument(
-        "--p5xx", type=float, default=0.0, help="share of requests answered 5xx (default 0)"
-    )
-    parser.add_argument(
-        "--retry-after", type=float, default=1.0, help="Retry-After of a 429, seconds (default 1)"
-    )
-    parser.add_argument(
-        "--latency", type=float, default=0.0, help="seconds before each answer (default 0)"
-    )
-    parser.add_argument(
-        "--nextid",
-        choices=["last", "after"],
-        default="last",
-        help="nextid = the last item (served again) or the id after it (default last)",
-    )
-    parser.add_argument(
-        "--unknown-types",
-        type=float,
-        default=0.0,
-        help="share of items with undocumented types (default 0)",
-    )
-
-
-async def command(settings: Settings, args: argparse.Namespace) -> int:
-    accounts = [SimAccount.parse(a) for a in args.account] or [
-        SimAccount(a.name, a.access_key, a.secret_key.reveal())
-        for a in settings.ticketmatic.accounts
-    ]
-    if not accounts:
-        log.error("no account: pass --account NAME:ACCESSKEY:SECRETKEY or configure some")
-        return 2
-    sim = TicketmaticSim(
-        accounts,
-        host=args.host,
-        port=args.port,
-        page_size=args.page_size,
-        rate=args.rate,
-        seed=args.seed,
-        retention_s=args.retention,
-        time_scale=args.time_scale,
-        p429=args.p429,
-        p5xx=args.p5xx,
-        retry_after_s=args.retry_after,
-        latency_s=args.latency,
-        nextid=args.nextid,
-        unknown_fraction=args.unknown_types,
-    )
-    for account in accounts:
-        if args.backlog:
-            sim.generate(
-                account.name, args.backlog, span_s=min(args.backlog_span, sim.retention_s / 2)
-            )
-    stop = stop_on_signals()
-    async with sim:
-        print(f"Ticketmatic simulator listening on {sim.url}", flush=True)
-        await stop.wait()
-    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,39 +123,58 @@ async def test_another_accounts_key_gets_403(sim: TicketmaticSim) -> None:
     assert body["code"] == 403
 
 
-async def test_pages_follow_nextid_and_repeat_the_start_item(sim: TicketmaticSim) -> None:
-    """Pages of at most N ascending items; `id` is inclusive, so nextid's item comes again."""
-    ids = sim.generate("acme", 12)
-    seen: list[str] = []
-    params: dict[str, str] = {}
-    for _ in range(10):
+async def drain(sim: TicketmaticSim, start: str | None = None) -> tuple[list[str], str | None]:
+    """A client written from the documented protocol, not from streamproc's poller: no id
+    at first (or ``start``), then ``id=nextid`` while ``moreresults``; stops when it is
+    false. Returns the ids served, in order, and the last nextid."""
+    ids: list[str] = []
+    params = {} if start is None else {"id": start}
+    for _ in range(100):
         status, body, _ = await get(sim, "acme", signed(ACME), **params)
         assert status == 200
-        page = [r["id"] for r in body["results"]]
-        assert len(page) <= 5
-        assert page == sorted(page, key=position_key)
-        seen += [i for i in page if i not in seen]
+        ids += [r["id"] for r in body["results"] or []]
         params = {"id": body["nextid"]}
-        assert body["nextid"] == page[-1]
         if not body["moreresults"]:
-            break
-    assert seen == ids
-    _, body, _ = await get(sim, "acme", signed(ACME), id=ids[-1])
-    assert [r["id"] for r in body["results"]] == [ids[-1]]
-    assert body["moreresults"] is False
+            return ids, body["nextid"]
+    raise AssertionError("moreresults never became false")
 
 
-async def test_nextid_after_mode_does_not_repeat() -> None:
-    """With nextid="after", following nextid never serves an item twice."""
-    async with TicketmaticSim([ACME], page_size=1, nextid="after") as sim:
-        ids = sim.generate("acme", 3)
-        got: list[str] = []
+async def test_a_documented_client_sees_each_item_exactly_once(sim: TicketmaticSim) -> None:
+    """By default nextid is where the next call starts: across pages and polls, no repeats."""
+    first = sim.generate("acme", 12)
+    got, nextid = await drain(sim)
+    assert got == first
+    later = sim.generate("acme", 7)
+    again, _ = await drain(sim, nextid)
+    assert again == later
+
+
+async def test_nextid_last_mode_serves_the_start_item_again() -> None:
+    """With nextid="last", pages of at most N ascending items each start with the last one."""
+    async with TicketmaticSim([ACME], page_size=5, nextid="last") as sim:
+        ids = sim.generate("acme", 12)
+        pages: list[list[str]] = []
         params: dict[str, str] = {}
-        for _ in range(5):
+        for _ in range(10):
             _, body, _ = await get(sim, "acme", signed(ACME), **params)
-            got += [r["id"] for r in body["results"] or []]
+            pages.append([r["id"] for r in body["results"]])
+            assert body["nextid"] == pages[-1][-1]
             params = {"id": body["nextid"]}
-        assert got == ids
+            if not body["moreresults"]:
+                break
+        assert all(len(p) <= 5 and p == sorted(p, key=position_key) for p in pages)
+        assert all(p[0] == q[-1] for q, p in itertools.pairwise(pages))
+        assert list(dict.fromkeys(i for p in pages for i in p)) == ids
+        _, body, _ = await get(sim, "acme", signed(ACME), id=ids[-1])
+        assert [r["id"] for r in body["results"]] == [ids[-1]]
+        assert body["moreresults"] is False
+
+
+def test_nextid_last_needs_pages_of_two() -> None:
+    """A page of one that starts at its own nextid would never move on: refused."""
+    with pytest.raises(ValueError, match="page_size"):
+        TicketmaticSim([ACME], page_size=1, nextid="last")
+    assert TicketmaticSim([ACME], page_size=1).page_size == 1
 
 
 async def test_ts_eventtypes_and_bad_parameters() -> None:
@@ -299,7 +319,7 @@ def test_confirmed_orders_add_up(shared_reference: Path) -> None:
 
 
 async def test_cli_command_serves_until_sigterm(tmp_path: Path) -> None:
-    """`streamproc sim ticketmatic` serves a backlog and exits 0 on SIGTERM."""
+    """`streamproc sim ticketmatic` serves a backlog, misbehaves as told, exits 0 on SIGTERM."""
     from streamproc.localkafka import free_port
 
     port = free_port()
@@ -315,6 +335,8 @@ async def test_cli_command_serves_until_sigterm(tmp_path: Path) -> None:
             "30",
             "--page-size",
             "10",
+            "--misbehave",
+            "descending",
         ],
         settings_env(Settings()),
         tmp_path / "sim.log",
@@ -331,10 +353,13 @@ async def test_cli_command_serves_until_sigterm(tmp_path: Path) -> None:
 
         await wait_for(up, timeout_s=20, what="the simulator to listen")
         async with aiohttp.ClientSession() as s:
-            async with s.get(f"{sim_url}/api/1/acme/eventstream", headers=signed(ACME)) as r:
-                body = await r.json()
-            assert len(body["results"]) == 10
-            assert body["moreresults"] is True
+            pages = []
+            for _ in range(2):
+                async with s.get(f"{sim_url}/api/1/acme/eventstream", headers=signed(ACME)) as r:
+                    pages.append(await r.json())
+            assert [len(p["results"]) for p in pages] == [10, 10]
+            assert pages[1]["moreresults"] is True
+            assert pages[0]["results"] == pages[1]["results"][::-1]
     finally:
         code = proc.terminate()
     assert code == 0, proc.log_path.read_text()

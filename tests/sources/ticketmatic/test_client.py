@@ -20,6 +20,7 @@ from streamproc.errors import (
 from streamproc.localkafka import free_port
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sources.ticketmatic.client import EventstreamClient
+from streamproc.sources.ticketmatic.cursor import position_key
 
 SIM_ACME = SimAccount("acme", "ak-acme", "sk-acme")
 
@@ -42,7 +43,8 @@ async def test_fetch_decodes_a_page_with_either_auth(auth: str) -> None:
         assert page.results is not None
         assert [bytes(r)[:30].decode().split('"')[3] for r in page.results] == ids[:3]
         assert page.moreresults is True
-        assert page.nextid == ids[2]
+        ms, seq = position_key(ids[2])
+        assert page.nextid == f"{ms}-{seq + 1}"  # where the next call starts, as documented
 
 
 async def test_failures_map_to_error_classes(caplog: pytest.LogCaptureFixture) -> None:
