@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
 from streamproc import cli, config, metrics
+from tests.promtool import Promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -239,6 +240,80 @@ def test_every_metric_is_on_the_dashboard() -> None:
     }
     missing = {m.name for m in streamproc_metrics().values() if not m.exposed() & shown}
     assert not missing, f"metrics on no dashboard panel: {sorted(missing)}"
+
+
+# Grafana's interval variables, as durations promtool parses.
+GRAFANA_INTERVALS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h"}
+SCOPE = {"namespace": 'namespace=~"$namespace"', "job": 'job=~"$job"'}
+SELECTOR = re.compile(r"\b(streamproc_[a-z0-9_]+|up)\b(\{[^}]*\})?")
+
+
+def as_promql(expr: str) -> str:
+    """A dashboard query as Prometheus gets it: Grafana's interval variables filled in, and
+    a template variable's ``label_values(selector, label)`` reduced to its selector."""
+    for variable, duration in GRAFANA_INTERVALS.items():
+        expr = expr.replace(variable, duration)
+    values = re.fullmatch(r"label_values\((.*),\s*\w+\)", expr, re.S)
+    return values.group(1) if values else expr
+
+
+def unscoped(expr: str, variables: set[str]) -> list[str]:
+    """Series selectors in ``expr`` that do not filter by each of ``variables``."""
+    return [
+        f"{match.group(0)} lacks {SCOPE[name]}"
+        for match in SELECTOR.finditer(expr)
+        for name in sorted(variables)
+        if SCOPE[name] not in (match.group(2) or "")
+    ]
+
+
+def test_dashboard_queries_are_valid_promql(promtool: Promtool, tmp_path: Path) -> None:
+    """promtool parses every dashboard query (each as a recording rule) and refuses a bad one."""
+    exprs = [as_promql(expr) for _title, expr, _legend in dashboard_exprs()]
+
+    def check(queries: list[str]) -> str:
+        rules = [{"record": f"dashboard:query_{i}", "expr": q} for i, q in enumerate(queries)]
+        path = tmp_path / "dashboard-rules.yaml"
+        path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+        result = promtool("check", "rules", str(path))
+        return f"exit {result.returncode}\n{result.stdout}{result.stderr}"
+
+    bad = check([*exprs, "sum by (source (rate(streamproc_items_in_total[5m]))"])
+    assert bad.startswith("exit 1"), bad
+    assert f"dashboard:query_{len(exprs)}" in bad, bad
+    good = check(exprs)
+    assert good.startswith("exit 0"), f"{good}\nqueries: {list(enumerate(exprs))}"
+    assert f"SUCCESS: {len(exprs)} rules found" in good, good
+
+
+def test_dashboard_queries_read_the_chosen_namespace_and_job() -> None:
+    """Every series a panel reads is filtered by the namespace and job variables; each
+    template variable's query by the variables listed before it."""
+    assert unscoped('sum(rate(streamproc_items_in_total{job=~"$job"}[5m]))', set(SCOPE))
+    data = dashboard()
+    before: set[str] = set()
+    for var in data["templating"]["list"]:
+        if var["type"] == "query":
+            assert not unscoped(var["query"]["query"], before), var["name"]
+        if var["name"] in SCOPE:
+            assert var["type"] == "query", var["name"]
+            before.add(var["name"])
+    assert before == set(SCOPE), "namespace and job variables"
+    for panel in all_panels(data["panels"]):
+        for target in panel.get("targets", []):
+            problems = unscoped(target["expr"], set(SCOPE))
+            assert SELECTOR.search(target["expr"]), panel["title"]
+            assert not problems, f"{panel['title']}: {problems}"
+
+
+def test_panels_summing_a_counter_into_one_number_show_zero_without_series() -> None:
+    """A labelled counter exists only from its first increment: a single-number sum of one
+    ends in `or vector(0)`, so it reads 0 instead of "No data"."""
+    for title, expr, _legend in dashboard_exprs():
+        one_number = expr.startswith("sum(") and "/" not in expr
+        of_counter = re.search(r"\b(?:rate|increase)\(streamproc_[a-z0-9_]+_total\b", expr)
+        if one_number and of_counter:
+            assert expr.endswith(" or vector(0)"), title
 
 
 # --- the alert rules ------------------------------------------------------------------
