@@ -38,7 +38,11 @@ class Health:
 
 
 class HealthServer(Service):
-    """An aiohttp server for the three endpoints; ``start``/``stop`` are idempotent."""
+    """An aiohttp server for the three endpoints; ``start``/``stop`` are idempotent.
+
+    Given port 0, it listens on a free port the system picks; ``port`` is that one once
+    ``start`` has returned.
+    """
 
     def __init__(self, health: Health, host: str, port: int) -> None:
         self.health = health
@@ -69,6 +73,8 @@ class HealthServer(Service):
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
+        if self.port == 0:
+            self.port = self._runner.addresses[0][1]
         log.info("metrics and health on http://%s:%d/metrics", self.host, self.port)
 
     async def stop(self) -> None:
