@@ -8,7 +8,13 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help install test lint bench run kafka-up kafka-down clean
+.PHONY: help install test lint promtool bench run kafka-up kafka-down clean
+
+# promtool checks the alert rules, their unit tests, the dashboard's queries and /metrics
+# (tests/test_alert_rules.py and others). The one on PATH, else promtool from Debian's
+# prometheus package, unpacked (not installed: no service, nothing outside .cache/).
+PROMTOOL_CACHED := $(CURDIR)/.cache/prometheus/usr/bin/promtool
+PROMTOOL ?= $(or $(shell command -v promtool),$(PROMTOOL_CACHED))
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -26,9 +32,23 @@ lint: install ## ruff and mypy --strict
 	$(BIN)/ruff format --check streamproc tests
 	$(BIN)/mypy
 
-test: lint ## lint, then all of pytest against a broker of its own (Kafka jars via Maven)
+test: lint $(PROMTOOL) ## lint, then all of pytest against a broker of its own (Kafka jars via Maven)
 	$(BIN)/python -m streamproc.localkafka jars
-	$(BIN)/pytest
+	PROMTOOL=$(PROMTOOL) PROMTOOL_REQUIRED=1 $(BIN)/pytest
+
+promtool: $(PROMTOOL) ## print the promtool the tests use (PATH, else unpacked into .cache/)
+	@echo $(PROMTOOL)
+
+# apt-get download needs no lock and installs nothing; a machine whose package lists are
+# missing or stale finds no candidate, so update them once and try again.
+$(PROMTOOL_CACHED):
+	rm -rf .cache/prometheus
+	mkdir -p .cache/prometheus/deb
+	cd .cache/prometheus/deb && { apt-get download -qq prometheus 2>/dev/null \
+	  || { apt-get update -qq && apt-get download -qq prometheus; }; }
+	dpkg-deb -x .cache/prometheus/deb/prometheus_*.deb .cache/prometheus
+	rm -rf .cache/prometheus/deb
+	test -x $@ && touch $@
 
 bench: install kafka-up ## run every benchmark against the local broker, print one table
 	$(BIN)/python -m streamproc.bench

@@ -64,7 +64,11 @@ class Health:
 
 
 class HealthServer(Service):
-    """An aiohttp server for the three endpoints; ``start``/``stop`` are idempotent."""
+    """An aiohttp server for the three endpoints; ``start``/``stop`` are idempotent.
+
+    Given port 0, it listens on a free port the system picks; ``port`` is that one once
+    ``start`` has returned.
+    """
 
     def __init__(self, health: Health, host: str, port: int) -> None:
         self.health = health
@@ -95,6 +99,8 @@ class HealthServer(Service):
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
+        if self.port == 0:
+            self.port = self._runner.addresses[0][1]
         log.info("metrics and health on http://%s:%d/metrics", self.host, self.port)
 
     async def stop(self) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from streamproc import localkafka, topics
 from streamproc.config import KafkaSettings, Settings, TopicSettings
+from tests.promtool import Promtool, find_promtool
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -90,3 +91,18 @@ def shared_reference() -> Path:
     if not ref.is_dir():
         pytest.skip(f"{ref} is absent: the reference material lives beside the repository")
     return ref
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Promtool:
+    """Prometheus' promtool; skips without one, or fails where PROMTOOL_REQUIRED is set."""
+    path = find_promtool()
+    if path is None:
+        why = (
+            "promtool is not installed: `make promtool` unpacks it into .cache/prometheus "
+            "(make test does that itself), or set PROMTOOL to one"
+        )
+        if os.environ.get("PROMTOOL_REQUIRED"):
+            pytest.fail(f"{why}; PROMTOOL_REQUIRED is set, so this is a failure")
+        pytest.skip(why)
+    return Promtool(path)

@@ -1,10 +1,8 @@
 """deploy/: the dashboard and alerts use exactly streamproc's metrics; manifests run real
 commands with real settings.
 
-PyYAML is not a dependency, so the YAML files in deploy/ are written in a block-style subset
-(mappings, sequences, plain and quoted scalars, ``|``/``>`` block scalars, ``---``) that
-:func:`load_yaml` reads; anything outside it (flow collections, anchors, multi-line plain
-scalars) is an error, not a silent misreading. Scalars stay text.
+The YAML files are read with PyYAML's safe loader, so scalars are typed as Kubernetes reads
+them: ``30`` is a number, ``"30"`` a string, ``true`` a boolean.
 """
 
 from __future__ import annotations
@@ -19,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
 from streamproc import cli, config, metrics
+from tests.promtool import Promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -38,185 +38,10 @@ METRIC_NAME = re.compile(r"\bstreamproc_[a-z0-9_]+\b")
 MPARTICLE_DEFAULT_LIMIT = 270.0  # batches/s per feed (shared/reference/mparticle)
 
 
-# --- a YAML subset --------------------------------------------------------------------
-
-
-class YamlSubsetError(ValueError):
-    pass
-
-
-_KEY = re.compile(r"^([A-Za-z0-9_./-]+):(?:\s+(.*))?$")
-
-
-class _Reader:
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        self.i = 0
-
-    def fail(self, why: str) -> YamlSubsetError:
-        return YamlSubsetError(f"line {self.i + 1}: {why}: {self.lines[self.i]!r}")
-
-    def peek(self) -> tuple[int, str] | None:
-        """(indent, content) of the next line that is not blank or a comment."""
-        while self.i < len(self.lines):
-            raw = self.lines[self.i]
-            content = raw.strip()
-            if content and not content.startswith("#"):
-                if "\t" in raw[: len(raw) - len(raw.lstrip())]:
-                    raise self.fail("tab in indentation")
-                return len(raw) - len(raw.lstrip(" ")), content
-            self.i += 1
-        return None
-
-    def node(self) -> Any:
-        nxt = self.peek()
-        if nxt is None:
-            return None
-        return self.sequence(nxt[0]) if _is_item(nxt[1]) else self.mapping(nxt[0])
-
-    def mapping(self, indent: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        while (nxt := self.peek()) is not None and nxt[0] >= indent:
-            if nxt[0] > indent:
-                raise self.fail("unexpected indentation")
-            if _is_item(nxt[1]):
-                break
-            match = _KEY.match(nxt[1])
-            if match is None:
-                raise self.fail("expected 'key: value'")
-            key, rest = match.group(1), (match.group(2) or "").strip()
-            if key in out:
-                raise self.fail(f"duplicate key {key}")
-            if rest in ("|", "|-", ">", ">-"):
-                self.i += 1
-                out[key] = self.block_scalar(rest, indent)
-            elif rest and not rest.startswith("#"):
-                out[key] = _scalar(rest, self)
-                self.i += 1
-            else:
-                self.i += 1
-                out[key] = self.nested(indent)
-        return out
-
-    def nested(self, indent: int) -> Any:
-        nxt = self.peek()
-        if nxt is None or nxt[0] < indent or (nxt[0] == indent and not _is_item(nxt[1])):
-            return None
-        return self.node()
-
-    def sequence(self, indent: int) -> list[Any]:
-        out: list[Any] = []
-        while (nxt := self.peek()) is not None and nxt[0] == indent and _is_item(nxt[1]):
-            item = nxt[1][1:].lstrip()
-            if not item:
-                self.i += 1
-                out.append(self.node())
-            elif _KEY.match(item):
-                # "- key: value" opens a mapping whose keys line up with "key".
-                inner = indent + len(nxt[1]) - len(item)
-                self.lines[self.i] = " " * inner + item
-                out.append(self.mapping(inner))
-            else:
-                out.append(_scalar(item, self))
-                self.i += 1
-        return out
-
-    def block_scalar(self, style: str, indent: int) -> str:
-        body: list[str] = []
-        block_indent = None
-        while self.i < len(self.lines):
-            raw = self.lines[self.i]
-            if raw.strip():
-                here = len(raw) - len(raw.lstrip(" "))
-                if here <= indent:
-                    break
-                block_indent = here if block_indent is None else block_indent
-                if here < block_indent:
-                    raise self.fail("block scalar line indented less than its first line")
-                body.append(raw[block_indent:])
-            else:
-                body.append("")
-            self.i += 1
-        while body and not body[-1]:
-            body.pop()
-        text = "\n".join(body) if style.startswith("|") else _fold(body)
-        return text if style.endswith("-") else text + "\n"
-
-
-def _fold(lines: list[str]) -> str:
-    """A folded scalar: a line break between two lines becomes a space, each blank line a
-    line break; around more-indented lines the line breaks stay."""
-    text, previous, blanks = "", None, 0
-    for line in lines:
-        if not line:
-            blanks += 1
-            continue
-        if previous is not None:
-            plain = not previous[0].isspace() and not line[0].isspace()
-            text += (" " if plain else "\n") if blanks == 0 else "\n" * (blanks + (not plain))
-        text += line
-        previous, blanks = line, 0
-    return text
-
-
-def _is_item(content: str) -> bool:
-    return content == "-" or content.startswith("- ")
-
-
-def _scalar(text: str, reader: _Reader) -> Any:
-    if text in ("[]", "{}"):
-        return [] if text == "[]" else {}
-    if text[0] == '"':
-        end = re.match(r'"(?:[^"\\]|\\.)*"', text)
-        if end is None or not _only_comment(text[end.end() :]):
-            raise reader.fail("bad double-quoted scalar")
-        value: str = json.loads(end.group(0))
-        return value
-    if text[0] == "'":
-        end = re.match(r"'(?:[^']|'')*'", text)
-        if end is None or not _only_comment(text[end.end() :]):
-            raise reader.fail("bad single-quoted scalar")
-        return end.group(0)[1:-1].replace("''", "'")
-    if text[0] in "[]{}&*!|>%@`":
-        raise reader.fail("unsupported YAML (flow collection, anchor, tag...)")
-    return re.sub(r"\s+#.*$", "", text)
-
-
-def _only_comment(rest: str) -> bool:
-    return not rest.strip() or re.match(r"\s+#", rest) is not None
-
-
-def load_yaml(text: str) -> list[Any]:
-    """Every non-empty document in ``text`` (the block-style subset described above)."""
-    docs: list[Any] = []
-    for chunk in re.split(r"^---\s*$", text, flags=re.MULTILINE):
-        reader = _Reader(chunk)
-        doc = reader.node()
-        if reader.peek() is not None:
-            raise reader.fail("content after the document")
-        if doc is not None:
-            docs.append(doc)
-    return docs
-
-
-def test_yaml_subset_reader() -> None:
-    """The YAML reader gets nesting, block scalars and quoting right and refuses the rest."""
-    text = (
-        "a:\n  b: 'it''s'\n  c:\n    - x\n    - k: \"v #1\"\n      n: 2 # two\n"
-        "d: >-\n  one\n  two\n\n  three\n    four\n  five\ne: |\n  l1\n  l2\nf:\n- y\n"
-        "---\n# only a comment\n"
-    )
-    assert load_yaml(text) == [
-        {
-            "a": {"b": "it's", "c": ["x", {"k": "v #1", "n": "2"}]},
-            "d": "one two\nthree\n  four\nfive",
-            "e": "l1\nl2\n",
-            "f": ["y"],
-        }
-    ]
-    for bad in ("a: {b: 1}\n", "a: b\n  c: d\n", "a: &x 1\n", "a: 1\na: 2\n"):
-        with pytest.raises(YamlSubsetError):
-            load_yaml(bad)
+def load_yaml(path: Path) -> list[Any]:
+    """Every non-empty document of the YAML file at ``path``."""
+    with path.open(encoding="utf-8") as file:
+        return [doc for doc in yaml.safe_load_all(file) if doc is not None]
 
 
 # --- streamproc's metrics as Prometheus exposes them ------------------------------------
@@ -417,11 +242,85 @@ def test_every_metric_is_on_the_dashboard() -> None:
     assert not missing, f"metrics on no dashboard panel: {sorted(missing)}"
 
 
+# Grafana's interval variables, as durations promtool parses.
+GRAFANA_INTERVALS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h"}
+SCOPE = {"namespace": 'namespace=~"$namespace"', "job": 'job=~"$job"'}
+SELECTOR = re.compile(r"\b(streamproc_[a-z0-9_]+|up)\b(\{[^}]*\})?")
+
+
+def as_promql(expr: str) -> str:
+    """A dashboard query as Prometheus gets it: Grafana's interval variables filled in, and
+    a template variable's ``label_values(selector, label)`` reduced to its selector."""
+    for variable, duration in GRAFANA_INTERVALS.items():
+        expr = expr.replace(variable, duration)
+    values = re.fullmatch(r"label_values\((.*),\s*\w+\)", expr, re.S)
+    return values.group(1) if values else expr
+
+
+def unscoped(expr: str, variables: set[str]) -> list[str]:
+    """Series selectors in ``expr`` that do not filter by each of ``variables``."""
+    return [
+        f"{match.group(0)} lacks {SCOPE[name]}"
+        for match in SELECTOR.finditer(expr)
+        for name in sorted(variables)
+        if SCOPE[name] not in (match.group(2) or "")
+    ]
+
+
+def test_dashboard_queries_are_valid_promql(promtool: Promtool, tmp_path: Path) -> None:
+    """promtool parses every dashboard query (each as a recording rule) and refuses a bad one."""
+    exprs = [as_promql(expr) for _title, expr, _legend in dashboard_exprs()]
+
+    def check(queries: list[str]) -> str:
+        rules = [{"record": f"dashboard:query_{i}", "expr": q} for i, q in enumerate(queries)]
+        path = tmp_path / "dashboard-rules.yaml"
+        path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+        result = promtool("check", "rules", str(path))
+        return f"exit {result.returncode}\n{result.stdout}{result.stderr}"
+
+    bad = check([*exprs, "sum by (source (rate(streamproc_items_in_total[5m]))"])
+    assert bad.startswith("exit 1"), bad
+    assert f"dashboard:query_{len(exprs)}" in bad, bad
+    good = check(exprs)
+    assert good.startswith("exit 0"), f"{good}\nqueries: {list(enumerate(exprs))}"
+    assert f"SUCCESS: {len(exprs)} rules found" in good, good
+
+
+def test_dashboard_queries_read_the_chosen_namespace_and_job() -> None:
+    """Every series a panel reads is filtered by the namespace and job variables; each
+    template variable's query by the variables listed before it."""
+    assert unscoped('sum(rate(streamproc_items_in_total{job=~"$job"}[5m]))', set(SCOPE))
+    data = dashboard()
+    before: set[str] = set()
+    for var in data["templating"]["list"]:
+        if var["type"] == "query":
+            assert not unscoped(var["query"]["query"], before), var["name"]
+        if var["name"] in SCOPE:
+            assert var["type"] == "query", var["name"]
+            before.add(var["name"])
+    assert before == set(SCOPE), "namespace and job variables"
+    for panel in all_panels(data["panels"]):
+        for target in panel.get("targets", []):
+            problems = unscoped(target["expr"], set(SCOPE))
+            assert SELECTOR.search(target["expr"]), panel["title"]
+            assert not problems, f"{panel['title']}: {problems}"
+
+
+def test_panels_summing_a_counter_into_one_number_show_zero_without_series() -> None:
+    """A labelled counter exists only from its first increment: a single-number sum of one
+    ends in `or vector(0)`, so it reads 0 instead of "No data"."""
+    for title, expr, _legend in dashboard_exprs():
+        one_number = expr.startswith("sum(") and "/" not in expr
+        of_counter = re.search(r"\b(?:rate|increase)\(streamproc_[a-z0-9_]+_total\b", expr)
+        if one_number and of_counter:
+            assert expr.endswith(" or vector(0)"), title
+
+
 # --- the alert rules ------------------------------------------------------------------
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    (doc,) = load_yaml(ALERTS.read_text(encoding="utf-8"))
+    (doc,) = load_yaml(ALERTS)
     assert set(doc) == {"groups"}
     rules: list[dict[str, Any]] = []
     for group in doc["groups"]:
@@ -510,7 +409,7 @@ def manifests(folder: Path = K8S) -> list[dict[str, Any]]:
     docs = []
     for path in sorted(folder.glob("*.yaml")):
         if path.name != "kustomization.yaml":
-            docs.extend(load_yaml(path.read_text(encoding="utf-8")))
+            docs.extend(load_yaml(path))
     return docs
 
 
@@ -545,15 +444,18 @@ def command_path(args: list[str]) -> tuple[str, ...]:
 
 
 def configured_env() -> dict[str, str]:
-    """Every variable the ConfigMap and the Secret set."""
+    """Every variable the ConfigMap and the Secret set (Kubernetes takes only strings)."""
     (cm,) = of_kind("ConfigMap")
     (secret,) = of_kind("Secret")
-    return {**cm["data"], **secret["stringData"]}
+    env: dict[str, str] = {**cm["data"], **secret["stringData"]}
+    unquoted = sorted(name for name, value in env.items() if not isinstance(value, str))
+    assert not unquoted, f"not strings (quote them): {unquoted}"
+    return env
 
 
 def test_kustomization_lists_every_manifest() -> None:
     """kustomization.yaml names exactly the manifests in deploy/kubernetes, and they exist."""
-    (kustomization,) = load_yaml((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    (kustomization,) = load_yaml(K8S / "kustomization.yaml")
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert sorted(kustomization["resources"]) == sorted(files)
 
@@ -590,12 +492,12 @@ def test_every_role_pod_is_scraped_probed_and_stops_in_time() -> None:
             "prometheus.io/path": "/metrics",
         }, role
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert ports["metrics"] == str(settings.metrics_port) == "9100", role
+        assert ports["metrics"] == settings.metrics_port == 9100, role
         for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
             get = c[probe]["httpGet"]
             assert get["path"] == path, (role, probe)
-            assert get["port"] in {"metrics", "9100"}, (role, probe)
-        assert spec["terminationGracePeriodSeconds"] == "30", role
+            assert get["port"] in {"metrics", 9100}, (role, probe)
+        assert spec["terminationGracePeriodSeconds"] == 30, role
 
 
 def test_every_pod_is_bounded_and_locked_down() -> None:
@@ -606,14 +508,14 @@ def test_every_pod_is_bounded_and_locked_down() -> None:
         c = container(workload)
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(c["resources"][kind]), (name, kind)
-        assert spec["securityContext"]["runAsNonRoot"] == "true", name
-        assert spec["securityContext"]["runAsUser"] != "0", name
-        assert spec["automountServiceAccountToken"] == "false", name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] != 0, name
+        assert spec["automountServiceAccountToken"] is False, name
         # Service links would add STREAMPROC_RECEIVE_* variables to every pod.
-        assert spec["enableServiceLinks"] == "false", name
+        assert spec["enableServiceLinks"] is False, name
         sc = c["securityContext"]
-        assert sc["readOnlyRootFilesystem"] == "true", name
-        assert sc["allowPrivilegeEscalation"] == "false", name
+        assert sc["readOnlyRootFilesystem"] is True, name
+        assert sc["allowPrivilegeEscalation"] is False, name
         assert sc["capabilities"]["drop"] == ["ALL"], name
 
 
@@ -669,7 +571,7 @@ def test_roles_get_the_secrets_they_need_and_no_others() -> None:
 def test_replicas_follow_the_scaling_rules() -> None:
     """poll 2, receive 2+, map/deliver within the partitions, deliver within mParticle's limit."""
     settings = config.load_settings(env=configured_env())
-    replicas = {role: int(dep["spec"]["replicas"]) for role, dep in deployments().items()}
+    replicas = {role: dep["spec"]["replicas"] for role, dep in deployments().items()}
     assert replicas["poll"] == 2
     assert replicas["receive"] >= 2
     for role in ("map", "deliver"):
@@ -684,16 +586,16 @@ def test_receiver_service_and_budget_match_its_pods() -> None:
     receive = deployments()["receive"]
     labels = receive["spec"]["template"]["metadata"]["labels"]
     ports = {p["name"]: p["containerPort"] for p in container(receive)["ports"]}
-    assert ports["http"] == str(settings.receiver.port) == "8080"
+    assert ports["http"] == settings.receiver.port == 8080
     (service,) = of_kind("Service")
     assert service["spec"]["selector"].items() <= labels.items()
     (port,) = service["spec"]["ports"]
-    assert port["port"] == "8080"
-    assert port["targetPort"] in {"http", "8080"}
+    assert port["port"] == 8080
+    assert port["targetPort"] in {"http", 8080}
     (pdb,) = of_kind("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert int(pdb["spec"]["minAvailable"]) >= 1
-    assert int(pdb["spec"]["minAvailable"]) < int(receive["spec"]["replicas"])
+    assert pdb["spec"]["minAvailable"] >= 1
+    assert pdb["spec"]["minAvailable"] < receive["spec"]["replicas"]
 
 
 def test_optional_autoscalers_scale_on_consumer_lag_within_partitions() -> None:
@@ -704,7 +606,7 @@ def test_optional_autoscalers_scale_on_consumer_lag_within_partitions() -> None:
         deployments()[r]["metadata"]["name"] for r in ("map", "deliver")
     }
     for hpa in hpas:
-        assert int(hpa["spec"]["maxReplicas"]) <= settings.topics.partitions
+        assert hpa["spec"]["maxReplicas"] <= settings.topics.partitions
         for metric in hpa["spec"]["metrics"]:
             assert metric["external"]["metric"]["name"] == "streamproc_consumer_lag_seconds"
             topic = metric["external"]["metric"]["selector"]["matchLabels"]["topic"]
@@ -713,7 +615,7 @@ def test_optional_autoscalers_scale_on_consumer_lag_within_partitions() -> None:
 
 def test_podmonitor_scrapes_the_metrics_port_with_role_labels() -> None:
     """The optional PodMonitor selects streamproc pods and keeps the labels alerts use."""
-    (monitor,) = load_yaml((DEPLOY / "prometheus" / "podmonitor.yaml").read_text())
+    (monitor,) = load_yaml(DEPLOY / "prometheus" / "podmonitor.yaml")
     selector = monitor["spec"]["selector"]["matchLabels"]
     for dep in deployments().values():
         assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
@@ -734,6 +636,6 @@ def test_dockerfile_runs_streamproc_as_non_root() -> None:
     assert user
     assert user[-1] != "0"
     for dep in deployments().values():
-        assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == user[-1]
+        assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(user[-1])
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["scripts"]["streamproc"] == "streamproc.cli:main"
