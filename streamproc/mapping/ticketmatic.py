@@ -205,12 +205,38 @@ def product_product(product: TmProduct, path: str, limits: Limits) -> Product:
     )
 
 
+# The attribute that tells merged lines' instances apart: joined, not compared.
+_INSTANCE_ATTRIBUTES = ("ticket_id", "product_instance_id")
+
+
 def _products(
     tickets: list[TmTicket], products: list[TmProduct], path: str, limits: Limits
 ) -> list[Product]:
-    out = [ticket_product(t, f"{path}.tickets[{i}]", limits) for i, t in enumerate(tickets)]
-    out += [product_product(p, f"{path}.products[{i}]", limits) for i, p in enumerate(products)]
-    return out
+    """The order's lines as mParticle reads them: identical tickets or products (same id,
+    name, category, variant, price and attributes but their instance id) are one line
+    whose quantity is their count and whose ``ticket_id`` / ``product_instance_id`` lists
+    the instances, comma-separated, in order (cut to mParticle's value length, counted).
+    Lines keep the order of their first instance; truncation applies after merging."""
+    lines: dict[tuple[object, ...], tuple[Product, list[str]]] = {}
+    singles = [ticket_product(t, f"{path}.tickets[{i}]", limits) for i, t in enumerate(tickets)]
+    singles += [product_product(p, f"{path}.products[{i}]", limits) for i, p in enumerate(products)]
+    for product in singles:
+        attributes = dict(product.custom_attributes or {})
+        instances = [v for a in _INSTANCE_ATTRIBUTES if (v := attributes.pop(a, None))]
+        line = (product.id, product.name, product.category, product.variant, product.price)
+        key = (*line, tuple(sorted(attributes.items())))
+        if key in lines:
+            merged, ids = lines[key]
+            merged.quantity += product.quantity
+            ids += instances
+        else:
+            lines[key] = (product, instances)
+    for product, ids in lines.values():
+        if product.quantity > 1 and product.custom_attributes:
+            for name in _INSTANCE_ATTRIBUTES:
+                if name in product.custom_attributes:
+                    product.custom_attributes[name] = limits.value(",".join(ids))
+    return [product for product, _ in lines.values()]
 
 
 def _cart(action: Action, lines: str) -> Callable[[_Item], Event]:
@@ -277,12 +303,15 @@ def _pageview(it: _Item) -> Event:
     data = it.item.data
     if not data.page:
         raise ItemError(MISSING_FIELD, "data.page", "missing or empty: it is the screen name")
-    # Params are strings on the wire; anything else is stringified for a stable type.
-    pairs: list[tuple[str, Scalar]] = [
-        (k, v if isinstance(v, str) else _param_text(v)) for k, v in data.params.items()
-    ]
+    # Params are strings on the wire; anything else is stringified for a stable type. The
+    # order id comes first, then the params by name: when more than mParticle's 100
+    # attributes come, the same ones are kept whatever order the JSON had.
+    pairs: list[tuple[str, Scalar]] = []
     if "orderid" not in data.params:
         pairs.append(("orderid", text(data.orderid)))
+    pairs += [
+        (k, v if isinstance(v, str) else _param_text(v)) for k, v in sorted(data.params.items())
+    ]
     return ScreenView(
         ScreenViewData(
             timestamp_unixtime_ms=it.time_ms,

@@ -4,11 +4,16 @@
   action as mParticle receives it (``Purchased``, ``Force_redeemed``, ``Transfer_to``...),
   every attribute a custom attribute (amounts as numbers), plus ``currency``.
 - ``gateway_audit`` purchase / refund: commerce event ``purchase`` / ``refund`` with
-  ``transaction_id`` = ``cart_id`` and ``total_amount`` (both required; a refund's total
-  keeps Ticketure's sign), the other attributes as custom attributes, currency from config.
+  ``transaction_id`` = ``cart_id`` and ``total_amount`` (both required), the other
+  attributes as custom attributes, currency from config. A refund's ``total_amount`` is
+  the refunded amount as a positive number, as mParticle and the tools it forwards to
+  read a refund (a negative one would subtract revenue twice); Ticketure's signed value
+  is kept as the custom attribute ``signed_total_amount``.
 
-Identities are ``email`` and ``mobile_number`` when present. The partition key is the
-user: the email (trimmed, lower case), else the mobile number, else the order key (ticket
+Identities are ``email`` (trimmed and lower-cased: mParticle matches identities exactly,
+so one person in two casings would become two profiles) and ``mobile_number`` (trimmed)
+when present. The partition key is the user: the email, else the mobile number, else the
+order key (ticket
 order id or cart id), else the item id. The event's time is ``occurred_at``, else the
 ``ticketure_occured_at`` (sic) attribute: ISO 8601 (offset optional, UTC assumed) or epoch
 seconds / milliseconds. An amount attribute that is not a number is left out and counted.
@@ -171,6 +176,9 @@ def _gateway_event(
     pairs = [
         (k, _attribute(k, v, limits)) for k, v in attributes.items() if k not in _GATEWAY_FIELDS
     ]
+    if record.action == "refund":
+        pairs.append(("signed_total_amount", total))
+        total = abs(total)
     return CommerceEvent(
         CommerceEventData(
             timestamp_unixtime_ms=time_ms,
@@ -199,10 +207,10 @@ def _built(
     order_key: str | None,
     ctx: MappingContext,
 ) -> Built:
-    email = email.strip() if email else None
+    email = email.strip().lower() if email else None
     mobile_number = mobile_number.strip() if mobile_number else None
     identities = UserIdentities(email=email or None, mobile_number=mobile_number or None)
-    key = (email.lower() if email else None) or mobile_number or order_key or f"item:{item_id}"
+    key = email or mobile_number or order_key or f"item:{item_id}"
     batch = Batch(
         environment=ctx.environment,
         source_request_id=source_request_id(SOURCE, item_id),

@@ -16,22 +16,23 @@ from tests.mapping.helpers import CheckBatch, event, mapped, tm
 
 # type -> (event_type, action, checkout_step, checkout_options, product ids)
 EXPECTED: dict[str, tuple[str, str | None, int | None, str | None, list[str]]] = {
-    "webshop:add_tickets": ("commerce_event", "add_to_cart", None, None, ["580", "580"]),
+    "webshop:add_tickets": ("commerce_event", "add_to_cart", None, None, ["580"]),
     "webshop:remove_tickets": ("commerce_event", "remove_from_cart", None, None, ["580"]),
-    "webshop:add_products": ("commerce_event", "add_to_cart", None, None, ["10000", "10000"]),
+    # Identical lines of an item are one product with a quantity (see test_identical_...).
+    "webshop:add_products": ("commerce_event", "add_to_cart", None, None, ["10000"]),
     "webshop:remove_products": ("commerce_event", "remove_from_cart", None, None, ["10000"]),
     "webshop:checkout_start": (
         "commerce_event",
         "checkout",
         1,
         None,
-        ["580", "580", "10000", "10000"],
+        ["580", "10000"],
     ),
     "webshop:checkout_addcustomerinfo": ("commerce_event", "checkout", 2, None, []),
     "webshop:checkout_adddeliveryinfo": ("commerce_event", "checkout_option", 3, "10000", []),
     "webshop:checkout_addpaymentinfo": ("commerce_event", "checkout_option", 4, "10001", []),
     "webshop:checkout_initiatepayment": ("commerce_event", "checkout", 5, None, []),
-    "webshop:checkout_confirm": ("commerce_event", "purchase", None, None, ["580", "580"]),
+    "webshop:checkout_confirm": ("commerce_event", "purchase", None, None, ["580"]),
     "webshop:pageview": ("screen_view", None, None, None, []),
 }
 
@@ -108,11 +109,11 @@ def test_tickets_are_products_per_design(
         "name": "dance performance 2 - tickets - normal",
         "category": "dance performance 2",
         "variant": "normal",
-        "quantity": 1,
+        "quantity": 2,  # the two identical tickets of the documented item, one line
         "price": 20,
         "custom_attributes": {
             "kind": "ticket",
-            "ticket_id": "10634",
+            "ticket_id": "10634,10635",
             "event_id": "10003",
             "servicecharge": "0",
         },
@@ -140,8 +141,25 @@ def test_webshop_products_are_products(
         "10000",
         "gift voucher",
         100,
-        1,
+        2,
     )
+    assert product["custom_attributes"]["product_instance_id"] == "10001,10002"
+
+
+def test_only_identical_lines_merge(
+    items: dict[str, dict[str, Any]], check_batch: CheckBatch
+) -> None:
+    """Tickets that differ in price or event stay separate lines, in first-seen order."""
+    item = copy.deepcopy(items["webshop:add_tickets"])
+    first, second = item["data"]["tickets"][:2]
+    third = {**first, "id": "10636", "price": "25"}
+    fourth = {**second, "id": "10637"}
+    item["data"]["tickets"] = [first, third, second, fourth]
+    doc = check_batch(mapped(tm(item)).batch)
+    products = event(doc)["data"]["product_action"]["products"]
+    assert [(p["price"], p["quantity"]) for p in products] == [(20, 3), (25, 1)]
+    assert products[0]["custom_attributes"]["ticket_id"] == "10634,10635,10637"
+    assert products[1]["custom_attributes"]["ticket_id"] == "10636"
 
 
 def test_purchase_carries_order_id_and_total(

@@ -108,7 +108,8 @@ def test_ticket_action_is_transaction_custom_event(action: str, check_batch: Che
     assert data["timestamp_unixtime_ms"] == OCCURRED_MS
     assert data["source_message_id"] == source_message_id("ticketure", f"tu-{action}", 0)
     assert doc["source_request_id"] == source_request_id("ticketure", f"tu-{action}")
-    assert doc["user_identities"] == {"email": "Ann@Example.com", "mobile_number": "+3212345678"}
+    # mParticle matches identities exactly: one person, one casing.
+    assert doc["user_identities"] == {"email": "ann@example.com", "mobile_number": "+3212345678"}
     attrs = data["custom_attributes"]
     assert attrs["price_paid"] == 21.5
     assert attrs["financial_adjusted_price"] == 20
@@ -121,7 +122,7 @@ def test_ticket_action_is_transaction_custom_event(action: str, check_batch: Che
 
 @pytest.mark.parametrize("action", GATEWAY_ACTIONS)
 def test_gateway_action_is_commerce_event(action: str, check_batch: CheckBatch) -> None:
-    """A payment: commerce purchase/refund, transaction_id = cart id, total as a number."""
+    """A payment: commerce purchase/refund, transaction_id = cart id, a positive total."""
     result = mapped(tu(gateway_record(action)))
     doc = check_batch(result.batch)
     data = event(doc)["data"]
@@ -131,8 +132,10 @@ def test_gateway_action_is_commerce_event(action: str, check_batch: CheckBatch) 
     assert data["product_action"] == {
         "action": action,
         "transaction_id": "cart-9",
-        "total_amount": -43 if action == "refund" else 43,
+        "total_amount": 43,  # a refund's total is the amount refunded
     }
+    signed = data["custom_attributes"].get("signed_total_amount")
+    assert signed == (-43 if action == "refund" else None)  # Ticketure's own sign, kept
     assert "cart_id" not in data["custom_attributes"]
     assert "total_amount" not in data["custom_attributes"]
     assert data["custom_attributes"]["gateway_id"] == "stripe"
@@ -148,7 +151,7 @@ def test_ticketure_currency_from_config() -> None:
 @pytest.mark.parametrize(
     ("fields", "key", "identities"),
     [
-        ({"email": " Ann@Example.com "}, "ann@example.com", {"email": "Ann@Example.com"}),
+        ({"email": " Ann@Example.com "}, "ann@example.com", {"email": "ann@example.com"}),
         ({"email": None, "mobile_number": "+32 1"}, "+32 1", {"mobile_number": "+32 1"}),
         ({"email": "", "mobile_number": None}, "ord-77", None),
     ],
