@@ -7,8 +7,11 @@ pushed, mapped, deduplicated, delivered and dead-lettered; lag and headroom per 
 errors. Ctrl-C (or SIGTERM) stops everything it started, in order, the broker included.
 
 Ports (each moves to a free one if taken): Ticketmatic simulator 8765, receiver 8080,
-mParticle simulator 8083, metrics 9100. ``RUN_SECONDS`` stops it by itself after that
-many seconds (used by the test of ``make run``).
+mParticle simulator 8083, metrics 9100, Prometheus 9090. ``RUN_SECONDS`` stops it by
+itself after that many seconds (used by the test of ``make run``).
+
+``PROMETHEUS=/path/to/prometheus`` (``make observe``) also runs a real Prometheus that
+scrapes the pipeline every 5 s with deploy/'s alert rules loaded (:func:`prometheus_config`).
 """
 
 from __future__ import annotations
@@ -43,12 +46,19 @@ def _port(preferred: int) -> int:
 class Child:
     """A child process in a session of its own, so only we decide when it stops."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        program: list[str] | None = None,
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "streamproc.cli", *args],
+            [*(program or [sys.executable, "-m", "streamproc.cli"]), *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -156,6 +166,59 @@ async def progress(metrics_url: str, tm_url: str, mp_url: str) -> str:
     )
 
 
+ALERTS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "alerts.yaml"
+ROLES = ("poll", "receive", "map", "deliver")
+
+
+def prometheus_config(metrics_port: int, rules: Path = ALERTS, namespace: str = "local") -> str:
+    """A prometheus.yml for ``streamproc run`` on ``metrics_port`` with deploy/'s rules.
+
+    The alerts know the roles by the pods' ``app.kubernetes.io/component`` label on ``up``.
+    Here one process runs them all, so it is scraped once for its metrics (component
+    ``run``) and once more per role for nothing but ``up`` (every sample dropped): the
+    role alerts see each role up while it answers, and no series is counted twice.
+    """
+    target = f"127.0.0.1:{metrics_port}"
+    jobs = []
+    for component in ("run", *ROLES):
+        labels = {
+            "namespace": namespace,
+            "app_kubernetes_io_name": "streamproc",
+            "app_kubernetes_io_component": component,
+        }
+        job: dict[str, Any] = {
+            "job_name": f"streamproc-{component}",
+            "scrape_interval": "5s",
+            "static_configs": [{"targets": [target], "labels": labels}],
+        }
+        if component != "run":
+            job["metric_relabel_configs"] = [{"source_labels": ["__name__"], "action": "drop"}]
+        jobs.append(job)
+    config = {
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": jobs,
+    }
+    # JSON is YAML: no YAML writer is needed for a file Prometheus reads.
+    return orjson.dumps(config, option=orjson.OPT_INDENT_2).decode()
+
+
+def _start_prometheus(binary: str, metrics_port: int, log_dir: Path, env: dict[str, str]) -> Child:
+    port = _port(9090)
+    folder = localkafka.cache_dir() / "prometheus-run"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "prometheus.yml"
+    config.write_text(prometheus_config(metrics_port), encoding="utf-8")
+    args = [
+        f"--config.file={config}",
+        f"--storage.tsdb.path={folder / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    child = Child("prometheus", args, env, log_dir, program=[binary])
+    print(f"  Prometheus        http://127.0.0.1:{port}/alerts  (and /graph)", flush=True)
+    return child
+
+
 def main() -> int:
     kafka_port = int(os.environ.get("KAFKA_PORT", "9092"))
     run_seconds = float(os.environ.get("RUN_SECONDS", "0"))
@@ -224,6 +287,9 @@ def main() -> int:
             Child("sim-mparticle", ["sim", "mparticle", "--port", str(mp_port)], env, log_dir)
         )
         children.append(Child("run", ["run"], env, log_dir))
+        prometheus = os.environ.get("PROMETHEUS")
+        if prometheus:
+            children.append(_start_prometheus(prometheus, metrics_port, log_dir, env))
         time.sleep(2)
         children.append(
             Child(

@@ -21,7 +21,7 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-from streamproc import cli, config, metrics
+from streamproc import cli, config, devrun, metrics
 from tests.promtool import Promtool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -639,3 +639,17 @@ def test_dockerfile_runs_streamproc_as_non_root() -> None:
         assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(user[-1])
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["scripts"]["streamproc"] == "streamproc.cli:main"
+
+
+def test_make_observe_config_is_valid_for_prometheus(promtool: Promtool, tmp_path: Path) -> None:
+    """`make observe`'s prometheus.yml passes promtool with deploy/'s rules; roles are up once."""
+    config = tmp_path / "prometheus.yml"
+    config.write_text(devrun.prometheus_config(9100), encoding="utf-8")
+    checked = promtool("check", "config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "1 rule files found" in checked.stdout  # deploy/'s alerts are loaded
+    jobs = yaml.safe_load(config.read_text(encoding="utf-8"))["scrape_configs"]
+    components = [j["static_configs"][0]["labels"]["app_kubernetes_io_component"] for j in jobs]
+    assert components == ["run", *ROLES]
+    # Only the run job keeps samples: the role jobs exist for `up`, nothing is counted twice.
+    assert [("metric_relabel_configs" in j) for j in jobs] == [False, True, True, True, True]
