@@ -105,16 +105,28 @@ def newer(a: Cursor | None, b: Cursor) -> Cursor:
 
 
 async def restore(
-    settings: Settings, topic: str, partitions: Iterable[int], timeout_s: float = 60.0
+    settings: Settings,
+    topic: str,
+    partitions: Iterable[int],
+    timeout_s: float = 60.0,
+    settle_s: float | None = None,
 ) -> dict[str, Cursor]:
     """The latest committed cursor of every account found in ``topic``'s ``partitions``.
 
     Call it only after this replica's transactional producers for the accounts it cares
     about are initialised: that fences older owners and settles their open transactions,
-    so nothing committed later can be missed. Raises TimeoutError if the topic cannot be
-    read to its high watermark within ``timeout_s`` (a transaction timeout is 30 s).
+    so nothing committed later can be missed. The topic is read to the high watermark
+    taken at the start, which waits for other accounts' transactions in flight (they end
+    within the transaction timeout). A partition still short of it after ``settle_s``
+    (default: the transaction timeout and 5 s) is pinned by a transaction the broker is
+    not settling (a hanging transaction, see the runbook's StuckTransaction): it is read
+    to its last stable offset instead, with a warning, because an older cursor only makes
+    the poller fetch some items again (dedupe drops them), while waiting would let the
+    retention run out. Raises TimeoutError if even that is not read within ``timeout_s``.
     """
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
+    settle = settings.kafka.transaction_timeout_ms / 1000 + 5 if settle_s is None else settle_s
+    deadline = start + timeout_s
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     probe = kafka.consumer(settings.kafka, isolation_level="read_uncommitted", group_id=None)
     await probe.start()
@@ -135,6 +147,20 @@ async def restore(
             pending = [tp for tp, end in wanted.items() if await reader.position(tp) < end]
             if not pending:
                 break
+            if time.monotonic() - start > settle:
+                stable = await reader.end_offsets(pending)  # read_committed: the LSO
+                if all([await reader.position(tp) >= stable[tp] for tp in pending]):
+                    for tp in pending:
+                        log.warning(
+                            "cursor partition %s is pinned at offset %d below its high "
+                            "watermark %d for more than %.0f s: a hanging transaction? (see "
+                            "the runbook, StuckTransaction); restored what is readable",
+                            tp,
+                            stable[tp],
+                            wanted[tp],
+                            settle,
+                        )
+                    break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"cursor topic {topic} not read to its end in {timeout_s} s")
             batch = await reader.getmany(*pending, timeout_ms=500)

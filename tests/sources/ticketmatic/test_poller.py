@@ -295,3 +295,40 @@ async def test_start_ts_and_eventtypes_are_honoured(make_settings: Callable[...,
             await task
             await reader.settle()
         assert sorted(reader.ids(), key=position_key) == wanted
+
+
+async def test_a_hanging_transaction_on_the_cursors_does_not_stop_the_account(
+    make_settings: Callable[..., Settings],
+    unique: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A transaction left open on the account's cursor partition: polled after the settle."""
+    async with TicketmaticSim([ACME], page_size=50) as sim:
+        sim.generate("acme", 40)
+        settings = tm_settings(make_settings, sim, [ACME])
+        settings = msgspec.structs.replace(
+            settings, kafka=msgspec.structs.replace(settings.kafka, transaction_timeout_ms=3000)
+        )
+        await ensure(settings)
+        names = Topics.for_prefix(settings.topic_prefix)
+        partitions = await topic_partitions(settings, names.cursors)
+        partition = cursors.cursor_partition("acme", len(partitions))
+        hanging = kafka.producer(
+            settings.kafka, transactional_id=unique("hang"), transaction_timeout_ms=600_000
+        )
+        await hanging.start()
+        try:
+            await hanging.begin_transaction()
+            await hanging.send_and_wait(names.cursors, b"{}", key=b"other", partition=partition)
+            stop = asyncio.Event()
+            task = await run_service(settings, stop)
+            async with TopicReader(settings, names.ticketmatic) as reader:
+                await reader.until(complete(sim, ["acme"]), timeout_s=60)
+                stop.set()
+                await task
+                await reader.settle()
+            assert_exactly_once_in_order(reader.records, sim, ["acme"])
+        finally:
+            await hanging.abort_transaction()
+            await hanging.stop()
+    assert any("is pinned at offset" in r.getMessage() for r in caplog.records)
