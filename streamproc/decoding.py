@@ -6,10 +6,14 @@ whose ``code`` a metric can count: ``not_json`` (syntax, truncation, invalid UTF
 capped by the decoder itself: msgspec guards its recursion, so JSON nested deeper than
 Python's recursion limit (about 1,000 levels, where streamproc's formats need fewer than
 ten) raises RecursionError before any harm is done, and that is a bad answer like any other.
+
+:func:`check_numbers` refuses numbers too long for any value (``too_large``) before a
+decoder turns them into ints that later break ``str()`` or ``float()``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 import msgspec
@@ -33,3 +37,30 @@ def decode_json(decoder: msgspec.json.Decoder[T], data: bytes, what: str) -> T:
         raise DecodeError(
             what, "JSON nested deeper than the decoder's depth limit", code="too_deep"
         ) from None
+
+
+# Ids, amounts and times need a few dozen digits at most. Past this an int is no value any
+# format here has, Python refuses to print one of over 4,300 digits (ValueError) and
+# float() of one over 308 overflows: such a number is refused before anything reads it.
+MAX_DIGITS = 300
+_DIGITS = re.compile(rb"\d{%d}" % (MAX_DIGITS + 1))
+# A JSON string (skipped whole, escapes included) or a run of too many digits.
+_STRING_OR_DIGITS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|\d{%d,}' % (MAX_DIGITS + 1), re.DOTALL)
+
+
+def check_numbers(data: bytes, what: str) -> None:
+    """DecodeError (code ``too_large``) if ``data`` holds a number of over MAX_DIGITS digits.
+
+    Digits inside JSON strings do not count. Cheap for what every record is: one scan for
+    such a run of digits, and only if there is one a second to see whether it is a number.
+    """
+    if _DIGITS.search(data) is None:
+        return
+    for match in _STRING_OR_DIGITS.finditer(data):
+        if not match.group().startswith(b'"'):
+            raise DecodeError(
+                what,
+                f"a number of {len(match.group())} digits at byte {match.start()}, "
+                f"more than {MAX_DIGITS}",
+                code="too_large",
+            )

@@ -6,7 +6,14 @@ import hashlib
 
 import msgspec
 
+from streamproc.decoding import decode_json
+from streamproc.errors import DecodeError
+
 TICKETMATIC, TICKETURE = "ticketmatic", "ticketure"
+
+# An id is a few dozen characters; an int that long would be no id, and Python refuses to
+# print one of over 4,300 digits (ValueError).
+_MAX_ID_BITS = 256
 
 
 class _IdOnly(msgspec.Struct):
@@ -23,16 +30,21 @@ def item_id_of(source: str, value: bytes, header_id: str | None, account: str | 
     Ticketmatic's ids number each account's stream on its own, so two accounts can hold
     the same id: a Ticketmatic item is identified as ``<account>/<id>`` (for dedupe and for
     ``source_request_id``), else two accounts' items would be taken for one.
+
+    Never raises: a value that is no JSON, nested too deep or holds no usable id is
+    identified by its content hash (the mapping then says what is wrong with it).
     """
     if source == TICKETMATIC and account:
         return f"{account}/{item_id_of(source, value, header_id)}"
     if header_id:
         return header_id
     try:
-        ids = _ID_ONLY.decode(value)
-    except msgspec.DecodeError:
+        ids = decode_json(_ID_ONLY, value, "item")
+    except DecodeError:
         ids = _IdOnly()
     own = ids.id if source == TICKETMATIC else ids.event_id
+    if isinstance(own, int) and own.bit_length() > _MAX_ID_BITS:
+        own = None
     if own is not None and str(own):
         return str(own)
     return "sha256:" + hashlib.sha256(value).hexdigest()[:32]
