@@ -8,7 +8,7 @@ Python's recursion limit (about 1,000 levels, where streamproc's formats need fe
 ten) raises RecursionError before any harm is done, and that is a bad answer like any other.
 
 :func:`check_numbers` refuses numbers too long for any value (``too_large``) before a
-decoder turns them into ints that later break ``str()`` or ``float()``.
+decoder turns them into ints that later break ``float()``.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def decode_json(decoder: msgspec.json.Decoder[T], data: bytes, what: str) -> T:
         ) from None
 
 
-# Ids, amounts and times need a few dozen digits at most. Past this an int is no value any
-# format here has, Python refuses to print one of over 4,300 digits (ValueError) and
-# float() of one over 308 overflows: such a number is refused before anything reads it.
+# Ids, amounts and times need a few dozen digits at most. msgspec decodes ints of up to
+# 4,300 digits, but float() of one over 308 overflows (OverflowError: a time given as
+# such a number did): a number past this is no value of any format here, refused whole.
 MAX_DIGITS = 300
 _DIGITS = re.compile(rb"\d{%d}" % (MAX_DIGITS + 1))
 # A JSON string (skipped whole, escapes included) or a run of too many digits.

@@ -11,10 +11,6 @@ from streamproc.errors import DecodeError
 
 TICKETMATIC, TICKETURE = "ticketmatic", "ticketure"
 
-# An id is a few dozen characters; an int that long would be no id, and Python refuses to
-# print one of over 4,300 digits (ValueError).
-_MAX_ID_BITS = 256
-
 
 class _IdOnly(msgspec.Struct):
     id: str | int | None = None
@@ -43,8 +39,6 @@ def item_id_of(source: str, value: bytes, header_id: str | None, account: str | 
     except DecodeError:
         ids = _IdOnly()
     own = ids.id if source == TICKETMATIC else ids.event_id
-    if isinstance(own, int) and own.bit_length() > _MAX_ID_BITS:
-        own = None
     if own is not None and str(own):
         return str(own)
     return "sha256:" + hashlib.sha256(value).hexdigest()[:32]
