@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import orjson
 import pytest
-from aiokafka import TopicPartition
 
 from streamproc import kafka, topics
 from streamproc.config import Settings
@@ -28,10 +26,12 @@ from tests.mapping.test_processor import (
     item_ids,
     map_count,
     read_topic,
+    started,
     tm_item,
     wait_output,
 )
 from tests.procs import wait_for
+from tests.sinks.support import committed
 from tests.test_dlq import cli
 
 pytestmark = pytest.mark.kafka
@@ -55,29 +55,6 @@ def headers_of(item_id: str | None) -> kafka.Headers:
     """What the poller writes with an item (without the id header if ``item_id`` is None)."""
     headers = [(kafka.H_SOURCE, b"ticketmatic"), (kafka.H_ACCOUNT, b"acme")]
     return headers if item_id is None else [*headers, (kafka.H_ITEM_ID, item_id.encode())]
-
-
-@asynccontextmanager
-async def started(processor: MapProcessor) -> AsyncIterator[asyncio.Task[None]]:
-    """``processor`` running in a task, which the test can check is still running."""
-    stop = asyncio.Event()
-    async with processor:
-        task = asyncio.create_task(processor.run(stop))
-        try:
-            yield task
-        finally:
-            stop.set()
-            await task
-
-
-async def committed(settings: Settings, group_id: str) -> dict[TopicPartition, int]:
-    admin = kafka.admin(settings.kafka)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group_id)
-    finally:
-        await admin.close()
-    return {tp: meta.offset for tp, meta in offsets.items()}
 
 
 def by_value(letters: list[Out]) -> dict[bytes | None, list[Out]]:
@@ -144,10 +121,9 @@ async def test_records_it_cannot_handle_are_parked_replayed_and_parked_again(
         assert replay.returncode == 0, replay.stderr
         assert len(replay.stdout.splitlines()) == 2
         letters = await read_topic(settings, names.dlq, 4)
-        tp = TopicPartition(names.ticketmatic, 0)
 
         async def past_all_six() -> bool:
-            return (await committed(settings, processor.group_id)).get(tp) == 6
+            return (await committed(settings, processor.group_id, names.ticketmatic)) == {0: 6}
 
         await wait_for(past_all_six, what="the map stage's offsets past the replayed records")
         assert not task.done()
