@@ -11,6 +11,7 @@ exception that escapes it anyway (a bug) into a dead letter of its own.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,10 @@ RawHeaders = Sequence[tuple[str, bytes | None]]
 
 # The headers a batch carries on from its source record (and source, item id, time).
 _PASSED = frozenset({kafka.H_ACCOUNT, kafka.H_ITEM_TIME, kafka.H_RECEIVED})
+# Longer than any visitor, email or order id. A longer key (a Ticketure order id the batch
+# cuts to 4096 characters, say) is replaced by its hash: the same for every record of that
+# user, so they keep their partition and order, and the record cannot outgrow the topic.
+MAX_KEY_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +39,8 @@ class Plan:
     """What to do with one record: ``outcome`` says which; the rest serves a ``Mapped`` one.
 
     ``item_id`` is the id dedupe and ``source_request_id`` rest on (``<account>/<id>`` for
-    Ticketmatic); ``headers`` are the batch's, ``key`` its output key, ``dedupe`` the
-    hash its dedupe state remembers.
+    Ticketmatic); ``headers`` are the batch's, ``key`` its output key (the mapping's, or
+    its hash past ``MAX_KEY_BYTES``), ``dedupe`` the hash its dedupe state remembers.
     """
 
     source: str
@@ -83,4 +88,7 @@ def plan(default_source: str, headers: RawHeaders, value: bytes | None, mapper: 
         return Plan(source, item_id, outcome, passed)
     if not has_time:
         passed.append((kafka.H_ITEM_TIME, str(outcome.item_time_ms).encode()))
-    return Plan(source, item_id, outcome, passed, outcome.key.encode(), item_hash(source, item_id))
+    out_key = outcome.key.encode()
+    if len(out_key) > MAX_KEY_BYTES:
+        out_key = b"sha256:" + hashlib.sha256(out_key).hexdigest().encode()
+    return Plan(source, item_id, outcome, passed, out_key, item_hash(source, item_id))

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from streamproc import kafka
-from streamproc.mapping.record import RawHeaders, plan
+from streamproc.mapping.record import MAX_KEY_BYTES, RawHeaders, plan
 from streamproc.mapping.router import MapOutcome, Mapped, Unmappable, map_record
 from streamproc.mapping.transaction import INTERNAL_ERROR, Part, safe_plan
 from tests.mapping.helpers import CTX
@@ -66,6 +66,28 @@ def test_headers_without_values_or_utf8_are_read() -> None:
     ]
     assert dict(result.headers)[kafka.H_ITEM_ID] == "1-\ufffd".encode()
     assert result.key == b"acme:v"
+
+
+def test_an_output_key_too_long_is_its_hash() -> None:
+    """A 300 KB order id as the key: a short hash instead, the same for the order's records,
+    and the batch stays small (the id cut in it)."""
+    doc = {
+        "type": "ticket_audit",
+        "action": "redeemed",
+        "occurred_at": "2024-05-01T10:00:00Z",
+        "attributes": {"ticket_order_id": "o" * 300_000},
+    }
+    keys = set()
+    for event_id in ("e1", "e2"):
+        result = plan("ticketure", [], orjson.dumps({**doc, "event_id": event_id}), MAP)
+        assert isinstance(result.outcome, Mapped), result.outcome
+        assert result.key.startswith(b"sha256:")
+        assert len(result.key) == 71
+        assert len(result.outcome.batch) < 10_000
+        keys.add(result.key)
+    assert len(keys) == 1
+    short = {**doc, "attributes": {"ticket_order_id": "o" * MAX_KEY_BYTES}}
+    assert plan("ticketure", [], orjson.dumps(short), MAP).key == b"o" * MAX_KEY_BYTES
 
 
 def test_a_record_without_value_is_undecodable() -> None:
