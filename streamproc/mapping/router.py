@@ -16,8 +16,8 @@
 unknown types keep their normalized name, reduced to ``[a-z0-9:_]`` and 64 characters.
 
 Every decode here goes through :func:`streamproc.decoding.decode_json`: JSON nested deeper
-than the decoder can follow is ``undecodable`` (``too_deep``), never a RecursionError; a
-number of more than ``decoding.MAX_DIGITS`` digits is ``undecodable`` too. A type that is
+than the decoder can follow is ``undecodable`` (``too_deep``), never a RecursionError (and
+so is an int of more than 4,300 digits, which msgspec refuses). A type that is
 empty or only whitespace once normalized (a Ticketmatic ``type`` of ``"\\t\\n"``, a Ticketure
 ``type`` of ``" "``) names nothing to count or forward: the item is ``undecodable`` (label
 ``empty``), with or without ``forward_unknown``. Forwarded items keep their untyped
@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from streamproc.decoding import check_numbers, decode_json
+from streamproc.decoding import decode_json
 from streamproc.errors import DecodeError
 from streamproc.mapping import ticketmatic, ticketure
 from streamproc.mapping.common import UNDECODABLE, UNKNOWN_SOURCE, Built, ItemError, scalar_pairs
@@ -112,7 +112,6 @@ def _ticketmatic(
     value: bytes, item_id: str, account: str | None, ctx: MappingContext
 ) -> MapOutcome:
     try:
-        check_numbers(value, "item")
         item = decode_item(value)
     except DecodeError as exc:
         return Unmappable(_probe_type(value), UNDECODABLE, str(exc))
@@ -144,10 +143,6 @@ def _ticketmatic(
 
 def _ticketure(value: bytes, item_id: str, ctx: MappingContext) -> MapOutcome:
     limits = Limits()
-    try:
-        check_numbers(value, "record")
-    except DecodeError as exc:
-        return Unmappable("undecodable", UNDECODABLE, str(exc))
     try:
         record = decode_json(RECORD_DECODER, value, "record")
     except DecodeError as exc:

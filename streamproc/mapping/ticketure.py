@@ -254,7 +254,10 @@ def parse_time(value: Scalar) -> int | None:
         except ValueError:
             return _iso_ms(text)
     else:
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int of over 308 digits (msgspec takes up to 4,300)
+            return None
     if not math.isfinite(number) or number < 0:
         return None
     ms = number * 1000 if number < _SECONDS_BELOW else number

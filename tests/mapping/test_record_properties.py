@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamproc import kafka
-from streamproc.decoding import MAX_DIGITS
 from streamproc.dedupe import item_hash
 from streamproc.mapping.record import MAX_KEY_BYTES, Plan, RawHeaders, plan
 from streamproc.mapping.router import Mapped, MappingContext, Unmappable, map_record
@@ -119,9 +118,7 @@ def deep(draw: st.DrawFn) -> tuple[int, bytes]:
 def huge_numbers(draw: st.DrawFn) -> tuple[int, bytes]:
     """A JSON number of 16 to 4,400 digits (sign, fraction, exponent), and its digit count:
     up to what float() takes, what msgspec takes (4,300) and beyond."""
-    digits = draw(
-        st.integers(16, 4400) | st.sampled_from([308, 309, MAX_DIGITS, MAX_DIGITS + 1, 4301])
-    )
+    digits = draw(st.integers(16, 4400) | st.sampled_from([308, 309, 4300, 4301]))
     first = draw(st.sampled_from(b"123456789"))
     number = bytes([first]) + b"7" * (digits - 1)
     sign = draw(st.sampled_from([b"", b"-"]))
@@ -189,10 +186,9 @@ def test_any_bytes_and_headers_give_a_plan(
     check_plan(run(source, raw_headers, value, ctx), ctx, check_batch)
 
 
-# (JSON, whether it is past a limit, what the reason then says if sure to say it): nesting
-# past a limit may be refused for what comes before it, a long number never is.
-beyond_limits = deep().map(lambda d: (d[1], d[0] >= SURELY_TOO_DEEP, "")) | huge_numbers().map(
-    lambda n: (n[1], n[0] > MAX_DIGITS, f"a number of {n[0]} digits")
+# (JSON, whether it is surely past the decoder's depth limit.)
+beyond_limits = deep().map(lambda d: (d[1], d[0] >= SURELY_TOO_DEEP)) | huge_numbers().map(
+    lambda n: (n[1], False)
 )
 
 
@@ -201,20 +197,19 @@ beyond_limits = deep().map(lambda d: (d[1], d[0] >= SURELY_TOO_DEEP, "")) | huge
 def test_deep_nesting_and_huge_numbers_give_a_plan(
     source: str,
     raw_headers: RawHeaders,
-    hostile: tuple[bytes, bool, str],
+    hostile: tuple[bytes, bool],
     data: st.DataObject,
     ctx: MappingContext,
     check_batch: CheckBatch,
 ) -> None:
     """Nesting of any depth or a number of up to 4,400 digits, alone or anywhere in an
-    item: a plan; past the limits, undecodable (saying so for a number)."""
-    raw, beyond, reason = hostile
+    item: a plan; past the depth limit, undecodable."""
+    raw, too_deep = hostile
     result = run(source, raw_headers, data.draw(spliced(raw)), ctx)
     check_plan(result, ctx, check_batch)
-    if beyond:
+    if too_deep:
         assert isinstance(result.outcome, Unmappable), result.outcome
         assert result.outcome.reason_code == "undecodable"
-        assert reason in result.outcome.reason
 
 
 @PROPERTY
