@@ -16,13 +16,12 @@
 unknown types keep their normalized name, reduced to ``[a-z0-9:_]`` and 64 characters.
 
 Every decode here goes through :func:`streamproc.decoding.decode_json`: JSON nested deeper
-than the decoder can follow is ``undecodable`` (``too_deep``), never a RecursionError (and
-so is an int of more than 4,300 digits, which msgspec refuses). A type that is
-empty or only whitespace once normalized (a Ticketmatic ``type`` of ``"\\t\\n"``, a Ticketure
-``type`` of ``" "``) names nothing to count or forward: the item is ``undecodable`` (label
-``empty``), with or without ``forward_unknown``. Forwarded items keep their untyped
-numbers; one beyond a float's range is dropped from the attributes and counted
-(``invalid_value``), as any non-finite number is.
+than the decoder can follow is ``undecodable`` (``too_deep``), never a RecursionError. A
+type that is empty or only whitespace once normalized (a Ticketmatic ``type`` of
+``"\\t\\n"``, a Ticketure ``type`` of ``" "``) names nothing to count or forward: the item is
+``undecodable`` (label ``empty``), with or without ``forward_unknown``. Forwarded items
+keep their untyped numbers; one beyond a float's range is dropped from the attributes and
+counted (``invalid_value``), as any non-finite number is.
 """
 
 from __future__ import annotations
