@@ -30,11 +30,11 @@ H_ORIGIN_TOPIC = "origin_topic"
 Headers = list[tuple[str, bytes]]
 
 
-def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
-    """The first value of header ``name`` as text, or None."""
+def header(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str | None:
+    """The first value of header ``name`` as text, or None (also for a header without one)."""
     for key, value in headers or ():
         if key == name:
-            return value.decode("utf-8", "replace")
+            return None if value is None else value.decode("utf-8", "replace")
     return None
 
 

@@ -6,7 +6,8 @@ partition count) and serves ``/metrics``, ``/healthz`` and ``/readyz`` on
 partition is failing. SIGTERM or SIGINT: stop polling, finish (or after
 ``--shutdown-timeout`` abort) the transactions in flight, leave the group, exit 0. A
 partition that keeps failing for ``--retry-timeout`` seconds ends the process with exit
-code 1, for the orchestrator to restart it.
+code 1, for the orchestrator to restart it. No input record can: one it cannot handle is
+dead-lettered with its reason (see :mod:`streamproc.mapping.transaction`).
 """
 
 from __future__ import annotations

@@ -62,6 +62,10 @@ def scalar_pairs(
             continue
         if isinstance(value, str | int | float | bool):
             pairs.append((key, value))
-        else:
+            continue
+        try:
             pairs.append((key, msgspec.json.encode(value).decode()))
+        except RecursionError:
+            # Decoded just before, but maybe from a shallower stack than this encode.
+            raise ItemError(UNDECODABLE, key, "nested too deep to forward") from None
     return pairs

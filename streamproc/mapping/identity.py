@@ -6,6 +6,9 @@ import hashlib
 
 import msgspec
 
+from streamproc.decoding import decode_json
+from streamproc.errors import DecodeError
+
 TICKETMATIC, TICKETURE = "ticketmatic", "ticketure"
 
 
@@ -23,14 +26,17 @@ def item_id_of(source: str, value: bytes, header_id: str | None, account: str | 
     Ticketmatic's ids number each account's stream on its own, so two accounts can hold
     the same id: a Ticketmatic item is identified as ``<account>/<id>`` (for dedupe and for
     ``source_request_id``), else two accounts' items would be taken for one.
+
+    Never raises: a value that is no JSON, nested too deep or holds no usable id is
+    identified by its content hash (the mapping then says what is wrong with it).
     """
     if source == TICKETMATIC and account:
         return f"{account}/{item_id_of(source, value, header_id)}"
     if header_id:
         return header_id
     try:
-        ids = _ID_ONLY.decode(value)
-    except msgspec.DecodeError:
+        ids = decode_json(_ID_ONLY, value, "item")
+    except DecodeError:
         ids = _IdOnly()
     own = ids.id if source == TICKETMATIC else ids.event_id
     if own is not None and str(own):

@@ -18,7 +18,8 @@ the previous owner's open transaction and refuses its commit (``ProducerFenced``
 on (as Kafka Streams' EOS v1 and Faust do). Each commit therefore builds on the result of
 the previous one, whoever made it.
 
-What one transaction writes is :mod:`.transaction`'s business.
+What one transaction writes is :mod:`.transaction`'s business; no record can fail one
+(whatever a record raises, it is dead-lettered in it and the next record follows).
 
 Failure: a transaction that fails is aborted, the partition is paused, its producer closed
 and the partition set up again as on assignment (new producer, state restored from the

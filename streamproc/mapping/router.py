@@ -14,14 +14,24 @@
 ``item_type`` is the metrics label: the normalized Ticketmatic type
 (``webshop:add_tickets``) or ``ticket_audit:<action>`` / ``gateway_audit:<action>``;
 unknown types keep their normalized name, reduced to ``[a-z0-9:_]`` and 64 characters.
+
+Every decode here goes through :func:`streamproc.decoding.decode_json`: JSON nested deeper
+than the decoder can follow is ``undecodable`` (``too_deep``), never a RecursionError. A
+type that is empty or only whitespace once normalized (a Ticketmatic ``type`` of
+``"\\t\\n"``, a Ticketure ``type`` of ``" "``) names nothing to count or forward: the item is
+``undecodable`` (label ``empty``), with or without ``forward_unknown``. Forwarded items
+keep their untyped numbers; one beyond a float's range is dropped from the attributes and
+counted (``invalid_value``), as any non-finite number is.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import msgspec
 
+from streamproc.decoding import decode_json
 from streamproc.errors import DecodeError
 from streamproc.mapping import ticketmatic, ticketure
 from streamproc.mapping.common import UNDECODABLE, UNKNOWN_SOURCE, Built, ItemError, scalar_pairs
@@ -85,9 +95,16 @@ class _TypeOnly(msgspec.Struct):
     type: str
 
 
+class _DataOnly(msgspec.Struct):
+    data: Any = None
+
+
 _TYPE_ONLY = msgspec.json.Decoder(_TypeOnly)
-_LOOSE_AUDIT = msgspec.json.Decoder(ticketure.LooseAudit)
-_OBJECT = msgspec.json.Decoder(dict[str, object])
+# Untyped floats as Python reads them: one out of range is inf (dropped and counted by the
+# limits) instead of failing the whole item.
+_LOOSE_AUDIT = msgspec.json.Decoder(ticketure.LooseAudit, float_hook=float)
+_DATA_ONLY = msgspec.json.Decoder(_DataOnly, float_hook=float)
+_BLANK_TYPE = "type: empty or only whitespace"
 
 
 def _ticketmatic(
@@ -102,6 +119,8 @@ def _ticketmatic(
         # an offset; that is an unreadable ts, not a crash.
         return Unmappable(_probe_type(value), UNDECODABLE, "ts: out of range")
     normalized = normalize_type(item.type)
+    if not normalized:
+        return Unmappable(_label(normalized), UNDECODABLE, _BLANK_TYPE)
     label = _label(normalized)
     short = normalized[len("webshop:") :] if normalized.startswith("webshop:") else None
     limits = Limits()
@@ -111,10 +130,12 @@ def _ticketmatic(
             return _mapped(built, label, limits)
         if not ctx.forward_unknown:
             return Unknown(label)
-        data = _OBJECT.decode(value).get("data")
+        data = decode_json(_DATA_ONLY, value, "item").data
         pairs = scalar_pairs(data, skip=frozenset({"ref"})) if isinstance(data, dict) else []
         built = ticketmatic.build_other(item, normalized, pairs, item_id, account, ctx, limits)
         return _mapped(built, label, limits, forwarded=True)
+    except DecodeError as exc:
+        return Unmappable(label, UNDECODABLE, str(exc))
     except ItemError as exc:
         return Unmappable(label, exc.code, str(exc))
 
@@ -122,8 +143,8 @@ def _ticketmatic(
 def _ticketure(value: bytes, item_id: str, ctx: MappingContext) -> MapOutcome:
     limits = Limits()
     try:
-        record = RECORD_DECODER.decode(value)
-    except msgspec.DecodeError as exc:
+        record = decode_json(RECORD_DECODER, value, "record")
+    except DecodeError as exc:
         return _ticketure_other(value, item_id, ctx, limits, str(exc))
     label = ticketure.item_type(record)
     try:
@@ -137,9 +158,11 @@ def _ticketure_other(
 ) -> MapOutcome:
     """A record the strict decoder refused: an unknown kind or action, or a broken one."""
     try:
-        loose = _LOOSE_AUDIT.decode(value)
-    except msgspec.DecodeError:
+        loose = decode_json(_LOOSE_AUDIT, value, "record")
+    except DecodeError:
         return Unmappable("undecodable", UNDECODABLE, error)
+    if not loose.type.strip():
+        return Unmappable(_label(""), UNDECODABLE, _BLANK_TYPE)
     label = _label(f"{loose.type}:{loose.action}" if loose.action else loose.type)
     if not loose.is_unknown():
         return Unmappable(label, UNDECODABLE, error)
@@ -166,8 +189,8 @@ def _mapped(built: Built, label: str, limits: Limits, forwarded: bool = False) -
 def _probe_type(value: bytes) -> str:
     """The normalized type of an item that failed to decode, if it has one, for the label."""
     try:
-        return _label(normalize_type(_TYPE_ONLY.decode(value).type))
-    except msgspec.DecodeError:
+        return _label(normalize_type(decode_json(_TYPE_ONLY, value, "item").type))
+    except DecodeError:
         return "undecodable"
 
 

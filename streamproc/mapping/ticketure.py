@@ -123,13 +123,17 @@ class LooseAudit(msgspec.Struct, kw_only=True):
 
 
 def build_other(record: LooseAudit, item_id: str, ctx: MappingContext, limits: Limits) -> Built:
-    """A record of a kind or action streamproc does not know, as a custom event ``other``."""
+    """A record of a kind or action streamproc does not know, as a custom event ``other``
+    named after its action, else its type (``record.type`` must not be blank: the router
+    dead-letters such a record).
+    """
     pairs = scalar_pairs(record.attributes)
     attributes = dict(pairs)
     time_ms = event_time(record.occurred_at, attributes.get("ticketure_occured_at"))
-    name = event_name(record.action) if record.action else record.type
+    action = record.action.strip()
+    name = event_name(action) if action else record.type.strip()
     message_id = source_message_id(SOURCE, item_id, 0)
-    event = custom_event(name or "unknown", "other", attributes, time_ms, message_id, ctx, limits)
+    event = custom_event(name, "other", attributes, time_ms, message_id, ctx, limits)
     order_key = text(attributes.get("ticket_order_id")) or text(attributes.get("cart_id"))
     return _built(event, time_ms, item_id, record.email, record.mobile_number, order_key, ctx)
 
@@ -258,7 +262,10 @@ def parse_time(value: Scalar) -> int | None:
         except ValueError:
             return _iso_ms(text)
     else:
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int of over 308 digits (msgspec takes up to 4,300)
+            return None
     if not math.isfinite(number) or number < 0:
         return None
     ms = number * 1000 if number < _SECONDS_BELOW else number

@@ -1,11 +1,18 @@
 """One map transaction: what a run of records of one input partition becomes.
 
-For each record: its source and ids from the headers, the mapping's outcome, then a batch
-for ``mparticle.batches`` (unless the partition's dedupe state has seen the item), a dead
-letter, or nothing (an unknown type is only counted). Then the dedupe changelog records
-and the consumed offsets, all on the partition's transactional producer, which commits
-them together. Counts reach the metrics only once the transaction has committed: one that
-aborts and is redone counts once.
+For each record: its :class:`~.record.Plan` (source and ids from the headers, the mapping's
+outcome), then a batch for ``mparticle.batches`` (unless the partition's dedupe state has
+seen the item), a dead letter, or nothing (an unknown type is only counted). Then the
+dedupe changelog records and the consumed offsets, all on the partition's transactional
+producer, which commits them together. Counts reach the metrics only once the transaction
+has committed: one that aborts and is redone counts once.
+
+No record can stop the stage. The plan is the one place with a catch-all: an exception
+that escapes it for a record (a bug: the pure path handles whatever a record can hold) is
+logged once with its type and where it was raised (never the record's content), and the
+record is dead-lettered with reason code ``internal_error`` in its own transaction, like
+any unmappable item, so the partition goes on with the next record. What Kafka raises
+while writing is not caught there: it fails the transaction, which is redone.
 """
 
 from __future__ import annotations
@@ -13,26 +20,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from streamproc import dlq, kafka, metrics
-from streamproc.dedupe import Changes, DedupeState, changelog_key, encode_ids, item_hash
+from streamproc import dlq, metrics
+from streamproc.dedupe import Changes, DedupeState, changelog_key, encode_ids
 from streamproc.dlq import DeadLetter
-from streamproc.mapping.identity import TICKETMATIC, TICKETURE, item_id_of
 from streamproc.mapping.output import BatchOutput, PartitionCache
-from streamproc.mapping.router import MapOutcome, Mapped, Unknown, Unmappable
+from streamproc.mapping.record import Mapper, Plan, plan
+from streamproc.mapping.router import Mapped, Unknown, Unmappable
 from streamproc.topics import Topics
+
+__all__ = ["INTERNAL_ERROR", "Hook", "Mapper", "Part", "Transactor", "safe_plan"]
 
 log = logging.getLogger(__name__)
 
-# (source, value, item id, account) -> outcome; streamproc.mapping.router.map_record.
-Mapper = Callable[[str, bytes, str, str | None], MapOutcome]
 Hook = Callable[[TopicPartition], Awaitable[None]]
+
+# The reason code of a record the map stage failed on unexpectedly: a bug to fix, then
+# `dlq replay`; distinct from the codes of items that are wrong (undecodable...).
+INTERNAL_ERROR = "internal_error"
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 
 class Part:
@@ -104,18 +118,15 @@ class Transactor:
         partitions = await producer.partitions_for(self.topics.batches)
         out = BatchOutput(producer, self.topics.batches, partitions, self._partition_cache)
         for record in records:
-            source, item_id, account, passed, has_time = self._headers(part, record)
-            outcome = self._outcome(source, record.value, item_id, account)
+            step = safe_plan(part, record, self._map)
+            source, outcome = step.source, step.outcome
             if type(outcome) is Mapped:
-                h = item_hash(source, item_id)
-                if txn.seen(h):
+                if txn.seen(step.dedupe):
                     counts.items[(source, outcome.item_type, "duplicate")] += 1
                     counts.hits[source] += 1
                     continue
-                txn.add(h, outcome.item_time_ms)
-                if not has_time:
-                    passed.append((kafka.H_ITEM_TIME, str(outcome.item_time_ms).encode()))
-                await out.add(outcome.key.encode(), outcome.batch, passed)
+                txn.add(step.dedupe, outcome.item_time_ms)
+                await out.add(step.key, outcome.batch, step.headers)
                 kind = "forwarded" if outcome.forwarded else "mapped"
                 counts.items[(source, outcome.item_type, kind)] += 1
                 if outcome.truncations:
@@ -164,42 +175,33 @@ class Transactor:
                 key = changelog_key(part.source, bucket, first)
                 await part.producer.send(topic, None, key=key, partition=partition)
 
-    @staticmethod
-    def _headers(part: Part, record: Any) -> tuple[str, str, str | None, kafka.Headers, bool]:
-        """Source, item id, account, the headers to pass on and whether they hold the time."""
-        source = header_id = account = None
-        has_time = False
-        passed: kafka.Headers = []
-        for key, value in record.headers:
-            if key == kafka.H_SOURCE:
-                source = value.decode("utf-8", "replace")
-            elif key == kafka.H_ITEM_ID:
-                header_id = value.decode("utf-8", "replace")
-            elif key == kafka.H_ACCOUNT:
-                account = value.decode("utf-8", "replace")
-                passed.append((key, value))
-            elif key == kafka.H_ITEM_TIME:
-                has_time = True
-                passed.append((key, value))
-            elif key == kafka.H_RECEIVED:
-                passed.append((key, value))
-        if source not in (TICKETMATIC, TICKETURE):
-            source = part.source
-        own_id = item_id_of(source, record.value or b"", header_id)
-        item_id = item_id_of(source, record.value or b"", own_id, account)
-        passed.append((kafka.H_SOURCE, source.encode()))
-        # The header keeps the source's own id (the account travels in its own header).
-        passed.append((kafka.H_ITEM_ID, own_id.encode()))
-        return source, item_id, account, passed, has_time
 
-    def _outcome(
-        self, source: str, value: bytes | None, item_id: str, account: str | None
-    ) -> MapOutcome:
-        if value is None:
-            return Unmappable("undecodable", "undecodable", "the record has no value")
-        try:
-            return self._map(source, value, item_id, account)
-        except Exception as exc:
-            # A mapping bug must not stop the pipeline: park the item with the reason.
-            log.exception("map: mapping %s item %s raised", source, item_id)
-            return Unmappable("unknown", "internal_error", f"mapping raised {exc!r}"[:500])
+def safe_plan(part: Part, record: Any, mapper: Mapper) -> Plan:
+    """:func:`.record.plan` for ``record`` of ``part``, or if it raises (a bug), the plan to
+    dead-letter the record as ``internal_error``: the one per-record safety net.
+    """
+    try:
+        return plan(part.source, record.headers, record.value, mapper)
+    except Exception as exc:  # noqa: BLE001 -- the per-record boundary: see the module doc
+        where = _raised_at(exc)
+        # The type and the code's place only, no traceback: its message may quote the record.
+        log.error(  # noqa: TRY400
+            "map: %s[%d] offset %d: unexpected %s in %s; the record is dead-lettered",
+            record.topic,
+            record.partition,
+            record.offset,
+            type(exc).__name__,
+            where,
+        )
+        reason = f"{where}: unexpected {type(exc).__name__} (a bug: see the map stage's log)"
+        return Plan(part.source, "", Unmappable("unknown", INTERNAL_ERROR, reason), [])
+
+
+def _raised_at(exc: BaseException) -> str:
+    """The innermost streamproc function ``exc`` passed through, as ``module.function``."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(_PACKAGE):
+            module = ".".join(path.relative_to(_PACKAGE.parent).with_suffix("").parts)
+            return f"{module}.{frame.name}"
+    return "the map stage"

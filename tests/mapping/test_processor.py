@@ -149,16 +149,23 @@ async def read_topic(
 
 
 @contextlib.asynccontextmanager
-async def running(processor: MapProcessor) -> AsyncIterator[MapProcessor]:
-    """Run ``processor`` in the background; stop it (SIGTERM's path) on exit."""
+async def started(processor: MapProcessor) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``processor`` in a task (to check it still runs); stop it (SIGTERM's path) on exit."""
     stop = asyncio.Event()
     async with processor:
         task = asyncio.create_task(processor.run(stop))
         try:
-            yield processor
+            yield task
         finally:
             stop.set()
             await task
+
+
+@contextlib.asynccontextmanager
+async def running(processor: MapProcessor) -> AsyncIterator[MapProcessor]:
+    """Run ``processor`` in the background; stop it (SIGTERM's path) on exit."""
+    async with started(processor):
+        yield processor
 
 
 def map_count(source: str, item_type: str, outcome: str) -> float:

@@ -102,9 +102,9 @@ async def produce(
     return [(meta.partition, meta.offset) for meta in placed]
 
 
-async def committed(settings: Settings, group_id: str) -> dict[int, int]:
-    """The group's committed offset per partition of the batches topic."""
-    topic = Topics.for_prefix(settings.topic_prefix).batches
+async def committed(settings: Settings, group_id: str, topic: str | None = None) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (the batches topic if None)."""
+    topic = topic or Topics.for_prefix(settings.topic_prefix).batches
     admin = kafka.admin(settings.kafka)
     await admin.start()
     try:
