@@ -172,6 +172,9 @@ class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     senders: list[PushSender] = msgspec.field(default_factory=list)
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_BODY_BYTES)] = MAX_BODY_BYTES
     signature_header: str = "X-Signature-SHA256"
+    # A request id the sender keeps across its retries: tells apart id-less events of two
+    # pushes of the same content. Empty: not read.
+    idempotency_header: str = "Idempotency-Key"
     shutdown_timeout_s: Wait = 10.0
 
 

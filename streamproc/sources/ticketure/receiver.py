@@ -8,19 +8,22 @@ Routes (all ``POST``, ``Content-Type: application/json``):
 
 Answers, as mParticle gives them: 202 once Kafka has acknowledged every record of the
 request; 400 ``{"errors": [{"code", "field", "message"}]}`` naming the field and the
-reason; 401 without credentials and 403 with wrong ones (both say nothing more); 413 past
-``receiver.max_body_bytes``; 415 for another content type; 503 with ``Retry-After`` while
-Kafka is unreachable or the receiver stops. A request is all or nothing: one bad record
-refuses the whole body. Unauthenticated requests never reach Kafka; authenticated bodies
-that cannot be decoded are also copied to the dead-letter topic with the reason.
+reason, whatever made the body fail (not JSON, invalid UTF-8, nested too deep, a wrong
+type, an event too large for a Kafka record); 401 without credentials and 403 with wrong
+ones (both say nothing more); 413 past ``receiver.max_body_bytes``; 415 for another
+content type; 503 with ``Retry-After`` while Kafka is unreachable or the receiver stops.
+A request is all or nothing: one bad record refuses the whole body. Unauthenticated
+requests never reach Kafka; authenticated bodies that cannot be decoded are copied to the
+dead-letter topic with the reason before the 400 (503 instead if Kafka cannot keep the
+copy, so the sender retries rather than drops it).
 """
 
 from __future__ import annotations
 
-import collections
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
@@ -33,6 +36,7 @@ from streamproc.errors import DecodeError, TransportError
 from streamproc.health import Health
 from streamproc.lifecycle import Service
 from streamproc.sources.ticketure import audit_shape, mparticle_shape
+from streamproc.sources.ticketure.audit_shape import Decoded
 from streamproc.sources.ticketure.auth import Authenticator, Verdict
 from streamproc.sources.ticketure.writer import SOURCE, KafkaWriter, RecordTooLarge
 
@@ -43,11 +47,29 @@ ROUTE_MP_EVENTS = "/v2/events"
 ROUTE_MP_BULK = "/v2/bulkevents"
 COMPONENT = "receiver"
 SOURCE_LABEL = "ticketure"
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII, as a Kafka header takes it
 
 _ITEMS_IN = metrics.ITEMS_IN.labels(SOURCE_LABEL)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Decode = Callable[[bytes], mparticle_shape.Decoded]
+Decode = Callable[[bytes, str | None], Decoded]
+
+
+def _decode_one(body: bytes, request_id: str | None) -> Decoded:
+    return mparticle_shape.decode(body, bulk=False, request_id=request_id)
+
+
+def _decode_bulk(body: bytes, request_id: str | None) -> Decoded:
+    return mparticle_shape.decode(body, bulk=True, request_id=request_id)
+
+
+# What each route's body decodes to (the records, each with its item id): the fuzz tests
+# use it to know which item ids a 202 acknowledged.
+DECODERS: Mapping[str, Decode] = {
+    ROUTE_EVENTS: audit_shape.decode,
+    ROUTE_MP_EVENTS: _decode_one,
+    ROUTE_MP_BULK: _decode_bulk,
+}
 
 
 class Rejected(Exception):
@@ -106,9 +128,11 @@ class Receiver(Service):
         self.host = rx.host if host is None else host
         self._port = rx.port if port is None else port
         self._max_body = rx.max_body_bytes
+        self._idempotency_header = rx.idempotency_header
         self._shutdown_timeout_s = rx.shutdown_timeout_s
         self._auth = Authenticator(rx.senders, rx.signature_header)
         self._retry_after = str(retry_after_s)
+        self._unknown_names = metrics.BoundedLabel(limit=50)  # attribute names as labels
         self.writer = KafkaWriter(
             settings,
             self.health,
@@ -119,9 +143,8 @@ class Receiver(Service):
         self._runner: web.AppRunner | None = None
         self._stopping = False
         self.app = web.Application(client_max_size=self._max_body)
-        self.app.router.add_post(ROUTE_EVENTS, self._route(ROUTE_EVENTS, self._decode_ours))
-        self.app.router.add_post(ROUTE_MP_EVENTS, self._route(ROUTE_MP_EVENTS, self._decode_one))
-        self.app.router.add_post(ROUTE_MP_BULK, self._route(ROUTE_MP_BULK, self._decode_bulk))
+        for route, decode in DECODERS.items():
+            self.app.router.add_post(route, self._route(route, decode))
 
     @property
     def port(self) -> int:
@@ -214,14 +237,9 @@ class Receiver(Service):
                 field="Content-Type",
             )
         try:
-            accepted, skipped = decode(body)
+            accepted, skipped = decode(body, self._request_id(headers))
         except DecodeError as exc:
-            if not await self._dead_letter(route, sender_b, body, received_ms, exc):
-                # Answered 400, the sender would never send it again: let it retry instead.
-                raise self._unavailable(
-                    "Kafka is unavailable to keep this refused push; retry later", "unavailable"
-                ) from None
-            raise Rejected(400, "VALIDATION_ERROR", str(exc), "invalid", field=exc.field) from None
+            raise await self._refused(route, sender_b, body, received_ms, exc) from None
         if accepted:
             try:
                 await self.writer.write(sender_b, accepted, received_ms)
@@ -231,14 +249,17 @@ class Receiver(Service):
                     "Kafka is unavailable; retry later", "unavailable"
                 ) from None
             except RecordTooLarge as exc:
-                raise Rejected(
-                    413, "PAYLOAD_TOO_LARGE", str(exc), "too_large", field="body"
-                ) from None
+                where = accepted[exc.index].where if exc.index is not None else ""
+                error = DecodeError(where or "body", str(exc), code="too_large")
+                raise await self._refused(route, sender_b, body, received_ms, error) from None
         _ITEMS_IN.inc(len(accepted))
-        # Events that are not Ticketure's are counted once the request is taken, so a
-        # retried request does not count them twice.
+        # Events that are not Ticketure's, and attributes new to us, are counted once the
+        # request is taken, so a request answered 503 and retried does not count twice.
         for reason, count in skipped.items():
             metrics.REJECTED.labels(SOURCE_LABEL, reason).inc(count)
+        for item in accepted:
+            for name in item.record.unknown_attributes or ():
+                metrics.RX_UNKNOWN_ATTRIBUTES.labels(self._unknown_names(name)).inc()
         metrics.RX_PRODUCE.observe(time.perf_counter() - arrived)
         if route != ROUTE_EVENTS:
             return web.Response(status=202)
@@ -262,6 +283,16 @@ class Receiver(Service):
             headers={"Retry-After": self._retry_after},
         )
 
+    def _request_id(self, headers: Mapping[str, str]) -> str | None:
+        """The request's idempotency key, if it sends one; DecodeError if it is unusable."""
+        name = self._idempotency_header
+        value = headers.get(name, "").strip() if name else ""
+        if not value:
+            return None
+        if not _REQUEST_ID.fullmatch(value):
+            raise DecodeError(name, "must be 1 to 256 visible ASCII characters")
+        return value
+
     async def _read_body(self, request: web.Request) -> bytes:
         """The body, refused with 413 as soon as it is known to pass the limit."""
         too_large = Rejected(
@@ -281,14 +312,16 @@ class Receiver(Service):
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
 
-    async def _dead_letter(
+    async def _refused(
         self, route: str, sender: bytes, body: bytes, received_ms: int, exc: DecodeError
-    ) -> bool:
-        """Park the refused body in the DLQ; False if Kafka did not take it."""
+    ) -> Rejected:
+        """The 400 for a body that cannot be taken, once its dead letter is in Kafka; if
+        Kafka does not take the letter, a 503: answered 400, the sender would never send
+        the body again."""
         letter = DeadLetter(
             stage="receive",
             source=SOURCE_LABEL,
-            reason_code="invalid",
+            reason_code=exc.code,
             reason=str(exc),
             origin_topic=self.writer.topics.ticketure,
             key=None,
@@ -301,23 +334,11 @@ class Receiver(Service):
             ],
         )
         if not await self.writer.dead_letter(letter):
-            return False
+            return self._unavailable(
+                "Kafka is unavailable to keep this refused push; retry later", "unavailable"
+            )
         letter.count()
-        return True
-
-    # --- the three body shapes -------------------------------------------------------
-
-    @staticmethod
-    def _decode_ours(body: bytes) -> mparticle_shape.Decoded:
-        return mparticle_shape.Decoded(audit_shape.decode(body), collections.Counter())
-
-    @staticmethod
-    def _decode_one(body: bytes) -> mparticle_shape.Decoded:
-        return mparticle_shape.decode(body, bulk=False)
-
-    @staticmethod
-    def _decode_bulk(body: bytes) -> mparticle_shape.Decoded:
-        return mparticle_shape.decode(body, bulk=True)
+        return Rejected(400, "VALIDATION_ERROR", str(exc), exc.code, field=exc.field)
 
 
 def _sender(verdict: str | Verdict) -> str:
