@@ -157,6 +157,9 @@ class PushSender(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth: Literal["basic", "hmac"] = "basic"
     key: str = ""
     secret: Secret
+    # hmac only: the signature covers "<timestamp>.<body>", and the timestamp header (Unix
+    # seconds) must be within this many seconds of our clock. None: off (body alone).
+    replay_window_s: Seconds | None = None
 
     def __post_init__(self) -> None:
         # Empty credentials would accept any request that sends empty ones.
@@ -164,6 +167,8 @@ class PushSender(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("secret: must not be empty")
         if self.auth == "basic" and not self.key:
             raise ValueError("key: required with basic auth")
+        if self.replay_window_s is not None and self.auth != "hmac":
+            raise ValueError("replay_window_s: only hmac senders sign a timestamp")
 
 
 class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -172,10 +177,14 @@ class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     senders: list[PushSender] = msgspec.field(default_factory=list)
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_BODY_BYTES)] = MAX_BODY_BYTES
     signature_header: str = "X-Signature-SHA256"
+    # The signed Unix time of senders with a replay_window_s.
+    timestamp_header: str = "X-Signature-Timestamp"
     # A request id the sender keeps across its retries: tells apart id-less events of two
     # pushes of the same content. Empty: not read.
     idempotency_header: str = "Idempotency-Key"
     shutdown_timeout_s: Wait = 10.0
+    # hmac bodies read before their signature is checked, at most at once (429 past it).
+    max_unauthenticated_reads: Count = 32
 
 
 class MappingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -11,11 +11,15 @@ request; 400 ``{"errors": [{"code", "field", "message"}]}`` naming the field and
 reason, whatever made the body fail (not JSON, invalid UTF-8, nested too deep, a wrong
 type, an event too large for a Kafka record); 401 without credentials and 403 with wrong
 ones (both say nothing more); 413 past ``receiver.max_body_bytes``; 415 for another
-content type; 503 with ``Retry-After`` while Kafka is unreachable or the receiver stops.
-A request is all or nothing: one bad record refuses the whole body. Unauthenticated
-requests never reach Kafka; authenticated bodies that cannot be decoded are copied to the
-dead-letter topic with the reason before the 400 (503 instead if Kafka cannot keep the
-copy, so the sender retries rather than drops it).
+content type; 429 with ``Retry-After`` while ``receiver.max_unauthenticated_reads`` hmac
+bodies are being read; 503 with ``Retry-After`` while Kafka is unreachable or the
+receiver stops. A request is all or nothing: one bad record refuses the whole body.
+
+Credentials are checked from the headers before the body is read: basic credentials
+whole, an hmac signature's form and timestamp (the signature itself needs the body, so
+such reads are capped). Unauthenticated requests never reach Kafka; authenticated bodies
+that cannot be decoded are copied to the dead-letter topic with the reason before the 400
+(503 instead if Kafka cannot keep the copy, so the sender retries rather than drops it).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
@@ -53,6 +58,7 @@ _ITEMS_IN = metrics.ITEMS_IN.labels(SOURCE_LABEL)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Decode = Callable[[bytes, str | None], Decoded]
+T = TypeVar("T")
 
 
 def _decode_one(body: bytes, request_id: str | None) -> Decoded:
@@ -73,7 +79,10 @@ DECODERS: Mapping[str, Decode] = {
 
 
 class Rejected(Exception):
-    """An answer other than 202, with the metric reason it is counted under."""
+    """An answer other than 202, with the metric reason it is counted under.
+
+    ``close`` ends the connection after the answer (the rest of the request is unread).
+    """
 
     def __init__(
         self,
@@ -84,6 +93,7 @@ class Rejected(Exception):
         *,
         field: str | None = None,
         headers: dict[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -92,17 +102,21 @@ class Rejected(Exception):
         self.reason = reason
         self.field = field
         self.headers = headers or {}
+        self.close = close
 
     def response(self) -> web.Response:
         error: dict[str, str] = {"code": self.code, "message": self.message}
         if self.field is not None:
             error["field"] = self.field
-        return web.Response(
+        response = web.Response(
             status=self.status,
             body=orjson.dumps({"errors": [error]}),
             content_type="application/json",
             headers=self.headers,
         )
+        if self.close:
+            response.force_close()
+        return response
 
 
 class Receiver(Service):
@@ -130,7 +144,9 @@ class Receiver(Service):
         self._max_body = rx.max_body_bytes
         self._idempotency_header = rx.idempotency_header
         self._shutdown_timeout_s = rx.shutdown_timeout_s
-        self._auth = Authenticator(rx.senders, rx.signature_header)
+        self._auth = Authenticator(rx.senders, rx.signature_header, rx.timestamp_header)
+        self._max_unauthenticated_reads = rx.max_unauthenticated_reads
+        self._unauthenticated_reads = 0
         self._retry_after = str(retry_after_s)
         self._unknown_names = metrics.BoundedLabel(limit=50)  # attribute names as labels
         self.writer = KafkaWriter(
@@ -219,23 +235,20 @@ class Receiver(Service):
         if self._stopping:
             raise self._unavailable("the receiver is stopping", "stopping")
         headers = request.headers
-        # Basic credentials are checked before the body is read; a signature needs it.
-        method = _sender(self._auth.method(headers))
-        sender = _sender(self._auth.basic(headers)) if method == "basic" else ""
-        body = await self._read_body(request)
-        if method == "hmac":
-            sender = _sender(self._auth.signed(headers, body))
+        # Whatever the headers can tell is checked before a byte of the body is read, and
+        # nothing but 401/403 is told before the sender is known.
+        method = _verdict(self._auth.method(headers))
+        if method == "basic":
+            sender = _verdict(self._auth.basic(headers))
+            _check_content_type(request)
+            body = await self._read_body(request)
+        else:
+            candidates = _verdict(self._auth.hmac_candidates(headers, time.time()))
+            body = await self._read_unauthenticated(request)
+            sender = _verdict(self._auth.signed(headers, body, candidates))
+            _check_content_type(request)
         sender_b = sender.encode()
         received_ms = int(time.time() * 1000)
-        content_type = request.content_type
-        if content_type != "application/json" and not content_type.endswith("+json"):
-            raise Rejected(
-                415,
-                "UNSUPPORTED_MEDIA_TYPE",
-                "Content-Type must be application/json",
-                "content_type",
-                field="Content-Type",
-            )
         try:
             accepted, skipped = decode(body, self._request_id(headers))
         except DecodeError as exc:
@@ -293,6 +306,23 @@ class Receiver(Service):
             raise DecodeError(name, "must be 1 to 256 visible ASCII characters")
         return value
 
+    async def _read_unauthenticated(self, request: web.Request) -> bytes:
+        """The body of a request whose signature needs it: a bounded number at a time."""
+        if self._unauthenticated_reads >= self._max_unauthenticated_reads:
+            raise Rejected(
+                429,
+                "TOO_MANY_REQUESTS",
+                "too many signed bodies are being read; retry later",
+                "busy",
+                headers={"Retry-After": self._retry_after},
+                close=True,
+            )
+        self._unauthenticated_reads += 1
+        try:
+            return await self._read_body(request)
+        finally:
+            self._unauthenticated_reads -= 1
+
     async def _read_body(self, request: web.Request) -> bytes:
         """The body, refused with 413 as soon as it is known to pass the limit."""
         too_large = Rejected(
@@ -341,8 +371,20 @@ class Receiver(Service):
         return Rejected(400, "VALIDATION_ERROR", str(exc), exc.code, field=exc.field)
 
 
-def _sender(verdict: str | Verdict) -> str:
-    """The sender's name (or the method to check next); 401/403 that tell nothing more."""
+def _check_content_type(request: web.Request) -> None:
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise Rejected(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Content-Type must be application/json",
+            "content_type",
+            field="Content-Type",
+        )
+
+
+def _verdict(verdict: T | Verdict) -> T:
+    """What the check found (a sender, a method, candidates); 401/403 that tell nothing more."""
     if verdict is Verdict.MISSING:
         raise Rejected(
             401,
