@@ -183,8 +183,19 @@ class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     # pushes of the same content. Empty: not read.
     idempotency_header: str = "Idempotency-Key"
     shutdown_timeout_s: Wait = 10.0
+    # From a connection's start, or a request's first byte, to its last header byte.
+    header_timeout_s: Seconds = 10.0
+    # From the last header byte to the last body byte (408 past it).
+    body_timeout_s: Seconds = 30.0
+    # An idle connection between requests is closed after this.
+    keepalive_timeout_s: Seconds = 75.0
+    # Open connections at most; one more is answered 503 with Retry-After and closed.
+    max_connections: Count = 1000
     # hmac bodies read before their signature is checked, at most at once (429 past it).
     max_unauthenticated_reads: Count = 32
+    # /readyz reports the receiver not ready while open files exceed this share of
+    # RLIMIT_NOFILE: new connections would soon fail at accept().
+    max_fd_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
 
 
 class MappingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

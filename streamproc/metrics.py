@@ -209,6 +209,15 @@ RX_PRODUCE = Histogram(
     "Time from a request's arrival to Kafka's acknowledgement of its records.",
     buckets=LATENCY_BUCKETS,
 )
+RX_CONNECTIONS = Gauge("streamproc_receiver_connections", "Open connections to the receiver.")
+RX_DROPPED = Counter(
+    "streamproc_receiver_connections_dropped_total",
+    "Connections the receiver refused or ended, by reason (over_capacity: answered 503 past "
+    "max_connections; idle_evicted: idle, closed for a new one past max_connections; "
+    "header_timeout; body_timeout: answered 408; accept_error: accept() failed, e.g. out "
+    "of file descriptors).",
+    ["reason"],
+)
 RX_UNKNOWN_ATTRIBUTES = Counter(
     "streamproc_receiver_unknown_attributes_total",
     "Accepted attributes that Ticketure records have no field for, forwarded as custom "

@@ -10,10 +10,12 @@ Answers, as mParticle gives them: 202 once Kafka has acknowledged every record o
 request; 400 ``{"errors": [{"code", "field", "message"}]}`` naming the field and the
 reason, whatever made the body fail (not JSON, invalid UTF-8, nested too deep, a wrong
 type, an event too large for a Kafka record); 401 without credentials and 403 with wrong
-ones (both say nothing more); 413 past ``receiver.max_body_bytes``; 415 for another
-content type; 429 with ``Retry-After`` while ``receiver.max_unauthenticated_reads`` hmac
-bodies are being read; 503 with ``Retry-After`` while Kafka is unreachable or the
-receiver stops. A request is all or nothing: one bad record refuses the whole body.
+ones (both say nothing more); 408 for a body slower than ``receiver.body_timeout_s``; 413
+past ``receiver.max_body_bytes``; 415 for another content type; 429 with ``Retry-After``
+while ``receiver.max_unauthenticated_reads`` hmac bodies are being read; 503 with
+``Retry-After`` while Kafka is unreachable or the receiver stops (and, from
+:mod:`.connections`, past ``receiver.max_connections``). A request is all or nothing: one
+bad record refuses the whole body.
 
 Credentials are checked from the headers before the body is read: basic credentials
 whole, an hmac signature's form and timestamp (the signature itself needs the body, so
@@ -24,6 +26,7 @@ that cannot be decoded are copied to the dead-letter topic with the reason befor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -40,7 +43,7 @@ from streamproc.dlq import DeadLetter
 from streamproc.errors import DecodeError, TransportError
 from streamproc.health import Health
 from streamproc.lifecycle import Service
-from streamproc.sources.ticketure import audit_shape, mparticle_shape
+from streamproc.sources.ticketure import audit_shape, connections, mparticle_shape
 from streamproc.sources.ticketure.audit_shape import Decoded
 from streamproc.sources.ticketure.auth import Authenticator, Verdict
 from streamproc.sources.ticketure.writer import SOURCE, KafkaWriter, RecordTooLarge
@@ -51,7 +54,12 @@ ROUTE_EVENTS = "/ticketure/events"
 ROUTE_MP_EVENTS = "/v2/events"
 ROUTE_MP_BULK = "/v2/bulkevents"
 COMPONENT = "receiver"
+FILES_COMPONENT = "receiver.files"
 SOURCE_LABEL = "ticketure"
+# aiohttp's bounds on a request head; a line or header past them is answered 400.
+MAX_LINE_SIZE = 8190
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 64
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII, as a Kafka header takes it
 
 _ITEMS_IN = metrics.ITEMS_IN.labels(SOURCE_LABEL)
@@ -137,17 +145,13 @@ class Receiver(Service):
         probe_interval_s: float = 1.0,
         retry_after_s: int = 1,
     ) -> None:
-        rx = settings.receiver
+        rx = self._settings = settings.receiver
         self.health = health or Health()
         self.host = rx.host if host is None else host
         self._port = rx.port if port is None else port
-        self._max_body = rx.max_body_bytes
-        self._idempotency_header = rx.idempotency_header
-        self._shutdown_timeout_s = rx.shutdown_timeout_s
         self._auth = Authenticator(rx.senders, rx.signature_header, rx.timestamp_header)
-        self._max_unauthenticated_reads = rx.max_unauthenticated_reads
-        self._unauthenticated_reads = 0
         self._retry_after = str(retry_after_s)
+        self._unauthenticated_reads = 0
         self._unknown_names = metrics.BoundedLabel(limit=50)  # attribute names as labels
         self.writer = KafkaWriter(
             settings,
@@ -157,34 +161,53 @@ class Receiver(Service):
             stop_timeout_s=rx.shutdown_timeout_s,
         )
         self._runner: web.AppRunner | None = None
+        self.listener: connections.Listener | None = None
         self._stopping = False
-        self.app = web.Application(client_max_size=self._max_body)
+        self.app = web.Application(client_max_size=rx.max_body_bytes, middlewares=[_tracked])
         for route, decode in DECODERS.items():
             self.app.router.add_post(route, self._route(route, decode))
 
     @property
     def port(self) -> int:
         """The bound port (the configured one, or the one picked for ``port=0``)."""
-        if self._runner is not None:
-            for address in self._runner.addresses:
-                if isinstance(address, tuple):
-                    return int(address[1])
-        return self._port
+        bound = self.listener.port if self.listener is not None else None
+        return self._port if bound is None else bound
 
     async def start(self) -> None:
         if self._runner is not None:
             return
         self._stopping = False
+        rx = self._settings
         await self.writer.start()
         runner = web.AppRunner(
             self.app,
             access_log=None,
             handle_signals=False,
-            shutdown_timeout=self._shutdown_timeout_s,
+            shutdown_timeout=rx.shutdown_timeout_s,
+            keepalive_timeout=rx.keepalive_timeout_s,
+            handler_cancellation=True,  # a client gone: its request stops at once
+            max_line_size=MAX_LINE_SIZE,
+            max_field_size=MAX_FIELD_SIZE,
+            max_headers=MAX_HEADERS,
+            lingering_time=connections.LINGER_S,  # reading what is left after a refusal
         )
         await runner.setup()
-        await web.TCPSite(runner, self.host, self._port).start()
-        self._runner = runner
+        server = runner.server
+        if server is None:
+            raise RuntimeError("aiohttp's AppRunner.setup() made no server")
+        listener = connections.Listener(
+            server,
+            max_connections=rx.max_connections,
+            header_timeout_s=rx.header_timeout_s,
+            retry_after=self._retry_after,
+        )
+        try:
+            await listener.start(self.host, self._port)
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self.listener = runner, listener
+        self.health.watch(FILES_COMPONENT, self._files)
         self.health.set(COMPONENT, True)
         log.info("receiving Ticketure pushes on http://%s:%d", self.host, self.port)
 
@@ -194,10 +217,23 @@ class Receiver(Service):
         runner, self._runner = self._runner, None
         self._stopping = True
         self.health.set(COMPONENT, False, "stopping")
-        # Closes the listening socket, then waits for the handlers in flight (bounded).
+        self.health.forget(FILES_COMPONENT)
+        if self.listener is not None:
+            self.listener.close()
+        # Closes idle connections, then waits for the handlers in flight (bounded).
         await runner.cleanup()
         await self.writer.stop()
         log.info("receiver stopped")
+
+    def _files(self) -> str | None:
+        """Why /readyz should say no: open files close to RLIMIT_NOFILE (None: fine)."""
+        usage = connections.fd_usage()
+        if usage is None or usage[0] <= self._settings.max_fd_ratio * usage[1]:
+            return None
+        return (
+            f"{usage[0]} of {usage[1]} file descriptors open (RLIMIT_NOFILE): "
+            "new connections are about to fail"
+        )
 
     # --- one request ----------------------------------------------------------------
 
@@ -298,7 +334,7 @@ class Receiver(Service):
 
     def _request_id(self, headers: Mapping[str, str]) -> str | None:
         """The request's idempotency key, if it sends one; DecodeError if it is unusable."""
-        name = self._idempotency_header
+        name = self._settings.idempotency_header
         value = headers.get(name, "").strip() if name else ""
         if not value:
             return None
@@ -308,7 +344,7 @@ class Receiver(Service):
 
     async def _read_unauthenticated(self, request: web.Request) -> bytes:
         """The body of a request whose signature needs it: a bounded number at a time."""
-        if self._unauthenticated_reads >= self._max_unauthenticated_reads:
+        if self._unauthenticated_reads >= self._settings.max_unauthenticated_reads:
             raise Rejected(
                 429,
                 "TOO_MANY_REQUESTS",
@@ -324,23 +360,41 @@ class Receiver(Service):
             self._unauthenticated_reads -= 1
 
     async def _read_body(self, request: web.Request) -> bytes:
-        """The body, refused with 413 as soon as it is known to pass the limit."""
+        """The body, refused with 413 as soon as it is known to pass the limit, and with
+        408 if it takes longer than ``body_timeout_s``."""
+        limit = self._settings.max_body_bytes
         too_large = Rejected(
             413,
             "PAYLOAD_TOO_LARGE",
-            f"the body is larger than {self._max_body} bytes",
+            f"the body is larger than {limit} bytes",
             "too_large",
             field="body",
         )
         length = request.content_length
-        if length is not None and length > self._max_body:
+        if length is not None and length > limit:
             raise too_large
+        timeout_s = self._settings.body_timeout_s
         try:
             # The application's client_max_size is the limit: aiohttp stops reading a
             # streamed (chunked) body as soon as it passes it.
-            return await request.read()
+            async with asyncio.timeout(timeout_s):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
+        except TimeoutError:
+            connections.dropped("body_timeout")
+            raise Rejected(
+                408,
+                "REQUEST_TIMEOUT",
+                f"the body did not arrive within {timeout_s:g} s",
+                "body_timeout",
+                field="body",
+                close=True,
+            ) from None
+        except web.RequestPayloadError as exc:  # broken chunked framing, cut compression
+            raise Rejected(
+                400, "VALIDATION_ERROR", f"body: cannot be read ({exc})", "unreadable", field="body"
+            ) from None
 
     async def _refused(
         self, route: str, sender: bytes, body: bytes, received_ms: int, exc: DecodeError
@@ -369,6 +423,16 @@ class Receiver(Service):
             )
         letter.count()
         return Rejected(400, "VALIDATION_ERROR", str(exc), exc.code, field=exc.field)
+
+
+@web.middleware
+async def _tracked(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells the request's connection that a request is being handled (no header timer)."""
+    connections.request_started(request)
+    try:
+        return await handler(request)
+    finally:
+        connections.request_ended(request)
 
 
 def _check_content_type(request: web.Request) -> None:
