@@ -26,12 +26,10 @@ that cannot be decoded are copied to the dead-letter topic with the reason befor
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
 
 import orjson
 from aiohttp import web
@@ -45,7 +43,8 @@ from streamproc.health import Health
 from streamproc.lifecycle import Service
 from streamproc.sources.ticketure import audit_shape, connections, mparticle_shape
 from streamproc.sources.ticketure.audit_shape import Decoded
-from streamproc.sources.ticketure.auth import Authenticator, Verdict
+from streamproc.sources.ticketure.auth import Authenticator
+from streamproc.sources.ticketure.refusals import Rejected, check_content_type, read_body, verdict
 from streamproc.sources.ticketure.writer import SOURCE, KafkaWriter, RecordTooLarge
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,6 @@ _ITEMS_IN = metrics.ITEMS_IN.labels(SOURCE_LABEL)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Decode = Callable[[bytes, str | None], Decoded]
-T = TypeVar("T")
 
 
 def _decode_one(body: bytes, request_id: str | None) -> Decoded:
@@ -84,47 +82,6 @@ DECODERS: Mapping[str, Decode] = {
     ROUTE_MP_EVENTS: _decode_one,
     ROUTE_MP_BULK: _decode_bulk,
 }
-
-
-class Rejected(Exception):
-    """An answer other than 202, with the metric reason it is counted under.
-
-    ``close`` ends the connection after the answer (the rest of the request is unread).
-    """
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        reason: str,
-        *,
-        field: str | None = None,
-        headers: dict[str, str] | None = None,
-        close: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.reason = reason
-        self.field = field
-        self.headers = headers or {}
-        self.close = close
-
-    def response(self) -> web.Response:
-        error: dict[str, str] = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        response = web.Response(
-            status=self.status,
-            body=orjson.dumps({"errors": [error]}),
-            content_type="application/json",
-            headers=self.headers,
-        )
-        if self.close:
-            response.force_close()
-        return response
 
 
 class Receiver(Service):
@@ -273,16 +230,16 @@ class Receiver(Service):
         headers = request.headers
         # Whatever the headers can tell is checked before a byte of the body is read, and
         # nothing but 401/403 is told before the sender is known.
-        method = _verdict(self._auth.method(headers))
+        method = verdict(self._auth.method(headers))
         if method == "basic":
-            sender = _verdict(self._auth.basic(headers))
-            _check_content_type(request)
+            sender = verdict(self._auth.basic(headers))
+            check_content_type(request)
             body = await self._read_body(request)
         else:
-            candidates = _verdict(self._auth.hmac_candidates(headers, time.time()))
+            candidates = verdict(self._auth.hmac_candidates(headers, time.time()))
             body = await self._read_unauthenticated(request)
-            sender = _verdict(self._auth.signed(headers, body, candidates))
-            _check_content_type(request)
+            sender = verdict(self._auth.signed(headers, body, candidates))
+            check_content_type(request)
         sender_b = sender.encode()
         received_ms = int(time.time() * 1000)
         try:
@@ -325,11 +282,7 @@ class Receiver(Service):
 
     def _unavailable(self, message: str, reason: str) -> Rejected:
         return Rejected(
-            503,
-            "SERVICE_UNAVAILABLE",
-            message,
-            reason,
-            headers={"Retry-After": self._retry_after},
+            503, "SERVICE_UNAVAILABLE", message, reason, headers={"Retry-After": self._retry_after}
         )
 
     def _request_id(self, headers: Mapping[str, str]) -> str | None:
@@ -360,41 +313,8 @@ class Receiver(Service):
             self._unauthenticated_reads -= 1
 
     async def _read_body(self, request: web.Request) -> bytes:
-        """The body, refused with 413 as soon as it is known to pass the limit, and with
-        408 if it takes longer than ``body_timeout_s``."""
-        limit = self._settings.max_body_bytes
-        too_large = Rejected(
-            413,
-            "PAYLOAD_TOO_LARGE",
-            f"the body is larger than {limit} bytes",
-            "too_large",
-            field="body",
-        )
-        length = request.content_length
-        if length is not None and length > limit:
-            raise too_large
-        timeout_s = self._settings.body_timeout_s
-        try:
-            # The application's client_max_size is the limit: aiohttp stops reading a
-            # streamed (chunked) body as soon as it passes it.
-            async with asyncio.timeout(timeout_s):
-                return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
-        except TimeoutError:
-            connections.dropped("body_timeout")
-            raise Rejected(
-                408,
-                "REQUEST_TIMEOUT",
-                f"the body did not arrive within {timeout_s:g} s",
-                "body_timeout",
-                field="body",
-                close=True,
-            ) from None
-        except web.RequestPayloadError as exc:  # broken chunked framing, cut compression
-            raise Rejected(
-                400, "VALIDATION_ERROR", f"body: cannot be read ({exc})", "unreadable", field="body"
-            ) from None
+        rx = self._settings
+        return await read_body(request, rx.max_body_bytes, rx.body_timeout_s)
 
     async def _refused(
         self, route: str, sender: bytes, body: bytes, received_ms: int, exc: DecodeError
@@ -433,30 +353,3 @@ async def _tracked(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     finally:
         connections.request_ended(request)
-
-
-def _check_content_type(request: web.Request) -> None:
-    content_type = request.content_type
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise Rejected(
-            415,
-            "UNSUPPORTED_MEDIA_TYPE",
-            "Content-Type must be application/json",
-            "content_type",
-            field="Content-Type",
-        )
-
-
-def _verdict(verdict: T | Verdict) -> T:
-    """What the check found (a sender, a method, candidates); 401/403 that tell nothing more."""
-    if verdict is Verdict.MISSING:
-        raise Rejected(
-            401,
-            "UNAUTHORIZED",
-            "authentication required",
-            "unauthenticated",
-            headers={"WWW-Authenticate": 'Basic realm="streamproc"'},
-        )
-    if verdict is Verdict.INVALID:
-        raise Rejected(403, "FORBIDDEN", "credentials not accepted", "forbidden")
-    return verdict
