@@ -53,6 +53,9 @@ $(PROMTOOL_CACHED):
 bench: install kafka-up ## run every benchmark against the local broker, print one table
 	$(BIN)/python -m streamproc.bench
 
+fuzz: install kafka-up ## 100,000 generated pushes against streamproc receive on the local broker
+	$(BIN)/python -m tests.fuzz
+
 run: install ## the whole pipeline locally: broker, simulators, every role, live progress
 	$(BIN)/python -m streamproc.devrun
 

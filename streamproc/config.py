@@ -159,6 +159,9 @@ class PushSender(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth: Literal["basic", "hmac"] = "basic"
     key: str = ""
     secret: Secret
+    # hmac only: the signature covers "<timestamp>.<body>", and the timestamp header (Unix
+    # seconds) must be within this many seconds of our clock. None: off (body alone).
+    replay_window_s: Seconds | None = None
 
     def __post_init__(self) -> None:
         # Empty credentials would accept any request that sends empty ones.
@@ -166,6 +169,8 @@ class PushSender(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("secret: must not be empty")
         if self.auth == "basic" and not self.key:
             raise ValueError("key: required with basic auth")
+        if self.replay_window_s is not None and self.auth != "hmac":
+            raise ValueError("replay_window_s: only hmac senders sign a timestamp")
 
 
 class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -174,7 +179,25 @@ class ReceiverSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     senders: list[PushSender] = msgspec.field(default_factory=list)
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_BODY_BYTES)] = MAX_BODY_BYTES
     signature_header: str = "X-Signature-SHA256"
+    # The signed Unix time of senders with a replay_window_s.
+    timestamp_header: str = "X-Signature-Timestamp"
+    # A request id the sender keeps across its retries: tells apart id-less events of two
+    # pushes of the same content. Empty: not read.
+    idempotency_header: str = "Idempotency-Key"
     shutdown_timeout_s: Wait = 10.0
+    # From a connection's start, or a request's first byte, to its last header byte.
+    header_timeout_s: Seconds = 10.0
+    # From the last header byte to the last body byte (408 past it).
+    body_timeout_s: Seconds = 30.0
+    # An idle connection between requests is closed after this.
+    keepalive_timeout_s: Seconds = 75.0
+    # Open connections at most; one more is answered 503 with Retry-After and closed.
+    max_connections: Count = 1000
+    # hmac bodies read before their signature is checked, at most at once (429 past it).
+    max_unauthenticated_reads: Count = 32
+    # /readyz reports the receiver not ready while open files exceed this share of
+    # RLIMIT_NOFILE: new connections would soon fail at accept().
+    max_fd_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
 
 
 class MappingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -10,6 +10,7 @@ ten) raises RecursionError before any harm is done, and that is a bad answer lik
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
@@ -19,11 +20,23 @@ from streamproc.errors import DecodeError
 T = TypeVar("T")
 
 
-def decode_json(decoder: msgspec.json.Decoder[T], data: bytes, what: str) -> T:
-    """``decoder.decode(data)``; DecodeError naming ``what`` (or the bad field) otherwise."""
+def decode_json(
+    decoder: msgspec.json.Decoder[T],
+    data: bytes,
+    what: str,
+    *,
+    invalid: Callable[[msgspec.ValidationError], DecodeError] | None = None,
+) -> T:
+    """``decoder.decode(data)``; DecodeError naming ``what`` (or the bad field) otherwise.
+
+    ``invalid`` names the field of a shape error instead, for callers whose documents sit
+    inside a larger one (the receiver names ``[0].events[2].data.event_name``).
+    """
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
+        if invalid is not None:
+            raise invalid(exc) from None
         message = str(exc)
         field = message.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in message else what
         raise DecodeError(field, message.split(" - at ")[0], code="invalid") from None

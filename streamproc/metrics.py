@@ -113,6 +113,27 @@ class AgeHistogram:
         yield family
 
 
+class BoundedLabel:
+    """Label values a peer chooses, kept few: the first ``limit`` distinct ones as they are
+    (cut to ``length`` characters), every later one as ``other``."""
+
+    __slots__ = ("_length", "_limit", "_seen")
+
+    def __init__(self, limit: int = 50, length: int = 64) -> None:
+        self._limit = limit
+        self._length = length
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        value = value[: self._length]
+        if value in self._seen:
+            return value
+        if len(self._seen) < self._limit:
+            self._seen.add(value)
+            return value
+        return "other"
+
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
 
@@ -187,6 +208,21 @@ RX_PRODUCE = Histogram(
     "streamproc_receiver_produce_seconds",
     "Time from a request's arrival to Kafka's acknowledgement of its records.",
     buckets=LATENCY_BUCKETS,
+)
+RX_CONNECTIONS = Gauge("streamproc_receiver_connections", "Open connections to the receiver.")
+RX_DROPPED = Counter(
+    "streamproc_receiver_connections_dropped_total",
+    "Connections the receiver refused or ended, by reason (over_capacity: answered 503 past "
+    "max_connections; idle_evicted: idle, closed for a new one past max_connections; "
+    "header_timeout; body_timeout: answered 408; accept_error: accept() failed, e.g. out "
+    "of file descriptors).",
+    ["reason"],
+)
+RX_UNKNOWN_ATTRIBUTES = Counter(
+    "streamproc_receiver_unknown_attributes_total",
+    "Accepted attributes that Ticketure records have no field for, forwarded as custom "
+    "attributes, by name (the first 50 names a receiver sees, then other).",
+    ["name"],
 )
 
 # --- map and dedupe ---------------------------------------------------------------------

@@ -3,6 +3,9 @@
 - ``ticket_audit`` (nine actions): custom event of type ``transaction`` named after the
   action as mParticle receives it (``Purchased``, ``Force_redeemed``, ``Transfer_to``...),
   every attribute a custom attribute (amounts as numbers), plus ``currency``.
+- Attributes a record has no field for (``unknown_attributes``: Ticketure added them) are
+  custom attributes of either kind as sent, after all the others, which they never
+  replace: past mParticle's 100 attributes they are the ones left out.
 - ``gateway_audit`` purchase / refund: commerce event ``purchase`` / ``refund`` with
   ``transaction_id`` = ``cart_id`` and ``total_amount`` (both required), the other
   attributes as custom attributes, currency from config. A refund's ``total_amount`` is
@@ -94,13 +97,25 @@ def build(record: AuditRecord, item_id: str, ctx: MappingContext, limits: Limits
     attributes: dict[str, Scalar] = msgspec.structs.asdict(record.attributes)
     time_ms = event_time(record.occurred_at, attributes.get("ticketure_occured_at"))
     message_id = source_message_id(SOURCE, item_id, 0)
+    unknown = [
+        (k, v)
+        for k, v in (record.unknown_attributes or {}).items()
+        if k not in attributes and k != "currency"
+    ]
     event: Event
     if isinstance(record, TicketAudit):
         event = custom_event(
-            event_name(record.action), "transaction", attributes, time_ms, message_id, ctx, limits
+            event_name(record.action),
+            "transaction",
+            attributes,
+            time_ms,
+            message_id,
+            ctx,
+            limits,
+            unknown,
         )
     else:
-        event = _gateway_event(record, attributes, time_ms, message_id, ctx, limits)
+        event = _gateway_event(record, attributes, time_ms, message_id, ctx, limits, unknown)
     return _built(
         event, time_ms, item_id, record.email, record.mobile_number, record.order_key(), ctx
     )
@@ -146,9 +161,11 @@ def custom_event(
     message_id: str,
     ctx: MappingContext,
     limits: Limits,
+    unknown: list[tuple[str, Scalar]] | None = None,
 ) -> CustomEvent:
     pairs = [(k, _attribute(k, v, limits)) for k, v in attributes.items()]
     pairs.append(("currency", ctx.ticketure_currency))
+    pairs += unknown or []
     return CustomEvent(
         CustomEventData(
             timestamp_unixtime_ms=time_ms,
@@ -167,6 +184,7 @@ def _gateway_event(
     message_id: str,
     ctx: MappingContext,
     limits: Limits,
+    unknown: list[tuple[str, Scalar]],
 ) -> CommerceEvent:
     cart_id = text(record.attributes.cart_id)
     if cart_id is None:
@@ -183,6 +201,7 @@ def _gateway_event(
     if record.action == "refund":
         pairs.append(("signed_total_amount", total))
         total = abs(total)
+    pairs += unknown
     return CommerceEvent(
         CommerceEventData(
             timestamp_unixtime_ms=time_ms,

@@ -77,7 +77,9 @@ class TicketureSim:
     ``run`` ends after ``count`` pushes, after ``duration_s``, or on ``stop()``; it then
     lets the pushes in flight finish (retries included) for up to ``drain_timeout_s``.
     ``auth`` is ``basic`` (``key``/``secret``), ``hmac`` (``secret`` signs the body into
-    ``signature_header``) or ``none``. ``rate <= 0`` pushes as fast as ``concurrency``
+    ``signature_header``; with ``timestamp_header`` it signs ``<now>.<body>`` and sends
+    ``now`` there, afresh for each attempt, as a sender with a replay window must) or
+    ``none``. ``rate <= 0`` pushes as fast as ``concurrency``
     allows. ``with_ids=False`` leaves event ids out, so the receiver falls back to content
     hashes. ``keep_ids`` collects the item ids of accepted pushes (tests).
     """
@@ -93,6 +95,7 @@ class TicketureSim:
         key: str = "",
         secret: str = "",
         signature_header: str = "X-Signature-SHA256",
+        timestamp_header: str | None = None,
         count: int | None = None,
         duration_s: float | None = None,
         concurrency: int = 32,
@@ -114,6 +117,7 @@ class TicketureSim:
         self._key = key
         self._secret = secret
         self.signature_header = signature_header
+        self.timestamp_header = timestamp_header
         self.count = count
         self.duration_s = duration_s
         self.concurrency = concurrency
@@ -155,6 +159,10 @@ class TicketureSim:
         headers = {"Content-Type": "application/json"}
         if self.auth == "basic":
             headers["Authorization"] = basic_header(self._key, self._secret)
+        elif self.auth == "hmac" and self.timestamp_header:
+            now = int(time.time())
+            headers[self.timestamp_header] = str(now)
+            headers[self.signature_header] = sign(self._secret, body, now)
         elif self.auth == "hmac":
             headers[self.signature_header] = sign(self._secret, body)
         return headers
@@ -200,19 +208,16 @@ class TicketureSim:
 
     async def _push(self, http: aiohttp.ClientSession, step: Step) -> None:
         body = self.body(step)
-        headers = self.headers(body)
         backoff = Backoff(*self._backoff, rng=self._rng)
-        if await self._send(http, body, headers, backoff):
+        if await self._send(http, body, backoff):
             self.stats.accepted += 1
             if self.keep_ids:
                 self.stats.acknowledged += [r.event_id or "" for r in step]
             if self._rng.random() < self.duplicate_ratio:
                 self.stats.duplicates += 1
-                await self._send(http, body, headers, Backoff(*self._backoff, rng=self._rng))
+                await self._send(http, body, Backoff(*self._backoff, rng=self._rng))
 
-    async def _send(
-        self, http: aiohttp.ClientSession, body: bytes, headers: dict[str, str], backoff: Backoff
-    ) -> bool:
+    async def _send(self, http: aiohttp.ClientSession, body: bytes, backoff: Backoff) -> bool:
         """POST ``body`` until a 2xx (True), a final 4xx or the last retry (False)."""
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -220,6 +225,7 @@ class TicketureSim:
             self.stats.attempts += 1
             retry_after: float | None = None
             try:
+                headers = self.headers(body)  # signed afresh: a timestamp must be recent
                 async with http.post(self.url, data=body, headers=headers) as response:
                     status = response.status
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -281,6 +287,7 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         key=sender.key if sender else "",
         secret=sender.secret.reveal() if sender else "",
         signature_header=rx.signature_header,
+        timestamp_header=rx.timestamp_header if sender and sender.replay_window_s else None,
         count=args.count,
         duration_s=args.duration,
         concurrency=args.concurrency,

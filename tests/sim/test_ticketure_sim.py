@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
@@ -126,13 +127,15 @@ class Stub:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         method = self.auth.method(request.headers)
-        sender = (
-            self.auth.basic(request.headers)
-            if method == "basic"
-            else self.auth.signed(request.headers, body)
-            if method == "hmac"
-            else method
-        )
+        sender: str | Verdict = method
+        if method == "basic":
+            sender = self.auth.basic(request.headers)
+        elif method == "hmac":
+            candidates = self.auth.hmac_candidates(request.headers, time.time())
+            if isinstance(candidates, Verdict):
+                sender = candidates
+            else:
+                sender = self.auth.signed(request.headers, body, candidates)
         if isinstance(sender, Verdict):
             return web.Response(status=401)
         self.bodies.append(body)

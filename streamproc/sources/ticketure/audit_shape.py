@@ -3,22 +3,33 @@
 The shape is :mod:`streamproc.sources.ticketure.records`, published as JSON Schema in
 ``schemas/ticketure/events.schema.json``. Beyond what the structs check, ``occurred_at``
 must be an RFC 3339 date-time (with an offset, as the schema's ``date-time`` format says)
-and ``event_id``, when given, a non-empty string of at most 256 characters. Every failure
-is a :class:`DecodeError` naming the field (``[2].attributes.price_paid``) and the reason.
+and ``event_id``, when given, a non-empty string of at most 256 characters. An attribute
+the structs have no field for (Ticketure may add some) is taken if it is a JSON scalar,
+and kept in ``unknown_attributes``. Every failure, whatever the cause (not JSON, invalid
+UTF-8, nesting past the decoder's depth, a wrong type or size), is a :class:`DecodeError`
+naming the field (``[2].attributes.price_paid``) and the reason.
 """
 
 from __future__ import annotations
 
+import collections
 import re
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import rfc3339_validator
 
+from streamproc.decoding import decode_json
 from streamproc.errors import DecodeError
 from streamproc.sources.ticketure import ids
-from streamproc.sources.ticketure.records import RECORDS_DECODER, AuditRecord
+from streamproc.sources.ticketure.records import (
+    AnyScalar,
+    AuditRecord,
+    GatewayAttributes,
+    TicketAttributes,
+)
 
 _MISSING = re.compile(r"Object missing required field `([^`]*)`")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
@@ -27,10 +38,28 @@ _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Accepted(NamedTuple):
-    """A record ready for Kafka: ``event_id`` is its item id, ``time_ms`` its own time."""
+    """A record ready for Kafka: ``event_id`` is its item id, ``time_ms`` its own time,
+    ``where`` the event's place in the body (``[1]``, ``[0].events[2]``; ``""`` alone)."""
 
     record: AuditRecord
     time_ms: int
+    where: str = ""
+
+
+class Decoded(NamedTuple):
+    """The records of a request and the events skipped, counted by reason."""
+
+    accepted: list[Accepted]
+    skipped: collections.Counter[str]
+
+
+# The attributes each kind has a field for, by the ``type`` that names the kind.
+KNOWN_ATTRIBUTES: Mapping[str, frozenset[str]] = {
+    "ticket_audit": frozenset(f.name for f in msgspec.structs.fields(TicketAttributes)),
+    "gateway_audit": frozenset(f.name for f in msgspec.structs.fields(GatewayAttributes)),
+}
+_NAME_IN_FIELD = 100  # characters of a peer's attribute name kept in a field path
+_DOCUMENTS = msgspec.json.Decoder(dict[str, Any] | list[Any])
 
 
 def parse_occurred_at(text: str, field: str = "occurred_at") -> int:
@@ -78,37 +107,65 @@ def field_of(exc: msgspec.ValidationError, prefix: str = "") -> DecodeError:
     return DecodeError(field or "body", reason)
 
 
-def decode_body(body: bytes) -> list[AuditRecord]:
-    """The records of a request body, validated; DecodeError naming the first bad field."""
-    try:
-        decoded = RECORDS_DECODER.decode(body)
-    except msgspec.ValidationError as exc:
-        raise field_of(exc) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise DecodeError("body", f"not valid JSON: {exc}") from None
-    if isinstance(decoded, list):
-        if not decoded:
-            raise DecodeError("body", "an empty array holds no records")
-        return decoded
-    return [decoded]
+def split_attributes(
+    attributes: Iterable[tuple[str, Any]], known: frozenset[str], at: str
+) -> tuple[dict[str, Any], dict[str, AnyScalar]]:
+    """(the attributes in ``known``, the others) of ``attributes``, in their order.
 
-
-def accept(records: list[AuditRecord], *, batched: bool) -> list[Accepted]:
-    """Check what the structs cannot and give each record its item id.
-
-    ``batched`` says the body was an array, so a field is named ``[i].field``.
+    Known values are left for the record's struct to check; any other must be a JSON
+    scalar (DecodeError naming ``<at><name>`` if not), as mParticle takes no nested values.
     """
-    out: list[Accepted] = []
-    for i, record in enumerate(records):
-        where = f"[{i}]." if batched else ""
-        if record.event_id is not None and not 0 < len(record.event_id) <= ids.MAX_ID_LENGTH:
-            raise DecodeError(where + "event_id", f"must hold 1 to {ids.MAX_ID_LENGTH} characters")
-        time_ms = parse_occurred_at(record.occurred_at, where + "occurred_at")
-        out.append(Accepted(ids.with_item_id(record), time_ms))
-    return out
+    known_values: dict[str, Any] = {}
+    unknown: dict[str, AnyScalar] = {}
+    for name, value in attributes:
+        if name in known:
+            known_values[name] = value
+        elif value is None or isinstance(value, str | int | float | bool):
+            unknown[name] = value
+        else:
+            raise DecodeError(
+                at + name[:_NAME_IN_FIELD], "must be a string, number, boolean or null"
+            )
+    return known_values, unknown
 
 
-def decode(body: bytes) -> list[Accepted]:
-    """:func:`decode_body` then :func:`accept`: what the receiver writes for this body."""
-    records = decode_body(body)
-    return accept(records, batched=body.lstrip()[:1] == b"[")
+def decode(body: bytes, request_id: str | None = None) -> Decoded:
+    """What the receiver writes for this body: every record checked, with its item id.
+
+    ``request_id`` is the request's idempotency key (see :mod:`.ids`). Nothing of a body
+    is taken unless all of it is valid.
+    """
+    document = decode_json(_DOCUMENTS, body, "body", invalid=field_of)
+    batched = isinstance(document, list)
+    documents = document if isinstance(document, list) else [document]
+    if not documents:
+        raise DecodeError("body", "an empty array holds no records")
+    accepted = [_record(doc, f"[{i}]." if batched else "") for i, doc in enumerate(documents)]
+    with_ids = ids.assign([(a.record, ids.Hints()) for a in accepted], request_id)
+    return Decoded(
+        [a._replace(record=r) for a, r in zip(accepted, with_ids, strict=True)],
+        collections.Counter(),
+    )
+
+
+def _record(doc: Any, where: str) -> Accepted:
+    """One record of the body (``where`` its field prefix), checked, without its item id."""
+    unknown: dict[str, AnyScalar] = {}
+    if isinstance(doc, dict):
+        if "unknown_attributes" in doc:  # the receiver's to set, from ``attributes``
+            raise DecodeError(where + "unknown_attributes", "unknown field")
+        known = KNOWN_ATTRIBUTES.get(str(doc.get("type")))
+        attributes = doc.get("attributes")
+        if known is not None and isinstance(attributes, dict):
+            kept, unknown = split_attributes(attributes.items(), known, where + "attributes.")
+            doc = {**doc, "attributes": kept}
+    try:
+        record: AuditRecord = msgspec.convert(doc, AuditRecord)
+    except msgspec.ValidationError as exc:
+        raise field_of(exc, where) from None
+    if record.event_id is not None and not 0 < len(record.event_id) <= ids.MAX_ID_LENGTH:
+        raise DecodeError(where + "event_id", f"must hold 1 to {ids.MAX_ID_LENGTH} characters")
+    time_ms = parse_occurred_at(record.occurred_at, where + "occurred_at")
+    if unknown:
+        record = msgspec.structs.replace(record, unknown_attributes=unknown)
+    return Accepted(record, time_ms, where.rstrip("."))

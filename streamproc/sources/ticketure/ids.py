@@ -6,17 +6,30 @@ are removed downstream. In order of preference the id is:
 1. the event's own id (``event_id`` of our record shape; ``source_message_id`` of an
    mParticle event, mParticle's per-event id);
 2. the mParticle batch's ``source_request_id`` (stable across a sender's retries by
-   mParticle's own contract), suffixed with the event's position when the batch holds
-   several events;
-3. a hash of the record's canonical content (``content_id``).
+   mParticle's own contract), suffixed with the event's position in the batch when the
+   batch holds several events;
+3. the request's idempotency key (``receiver.idempotency_header``, which a sender keeps
+   across its retries), suffixed with the event's position in the request when the
+   request holds several events;
+4. a hash of the record's canonical content (``content_id``); the second, third... record
+   of one request with the same content get ``#2``, ``#3``...
+
+So two events of identical content are told apart when they have ids, when they come in
+one request, or when their requests carry different idempotency keys. Two requests of the
+same content without any of these are one event to dedupe: nothing in them can tell a
+second event from a retry of the first.
 
 mParticle's numeric ``event_id`` is not used: SDKs draw it at random per send, so a retry
-could carry a new one.
+could carry a new one. Neither is a per-attempt id such as ``X-Request-Id``, which proxies
+may draw anew for each retry.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import msgspec
 
@@ -26,50 +39,60 @@ MAX_ID_LENGTH = 256
 HASH_PREFIX = "sha256:"
 
 
+class Hints(NamedTuple):
+    """What a request says about one event besides its content (none of it for our shape)."""
+
+    message_id: str | None = None  # the mParticle event's source_message_id
+    batch_id: str | None = None  # its batch's source_request_id
+    batch_position: int | None = None  # its position in the batch; None when alone in it
+
+
 def content_id(record: AuditRecord) -> str:
     """A stable id from the record's content (its ``event_id`` left out).
 
-    msgspec encodes struct fields in declaration order, so equal records give equal bytes;
-    values keep their JSON type (``"12.50"`` and ``12.5`` are different content).
+    The content is every field in declaration order, ``null`` ones too, so equal records
+    give equal bytes; values keep their JSON type (``"12.50"`` and ``12.5`` are different
+    content). ``unknown_attributes`` counts only when there are some: records without
+    them hash as they did before the field existed, so ids stay stable across upgrades.
     """
-    canonical = ENCODER.encode(msgspec.structs.replace(record, event_id=None))
-    return HASH_PREFIX + hashlib.sha256(canonical).hexdigest()[:32]
+    canonical: dict[str, object] = {"type": record.__struct_config__.tag}
+    for name in record.__struct_fields__:
+        canonical[name] = None if name == "event_id" else getattr(record, name)
+    if record.unknown_attributes is None:
+        del canonical["unknown_attributes"]
+    return HASH_PREFIX + hashlib.sha256(ENCODER.encode(canonical)).hexdigest()[:32]
 
 
-def item_id(
-    record: AuditRecord,
-    *,
-    message_id: str | None = None,
-    request_id: str | None = None,
-    position: int | None = None,
-) -> str:
-    """The record's item id by the rules above (``position`` is None for a lone event).
+def assign(
+    events: Sequence[tuple[AuditRecord, Hints]], request_id: str | None = None
+) -> list[AuditRecord]:
+    """The records of one request, each with its item id as ``event_id`` (rules above).
 
-    An id longer than ``MAX_ID_LENGTH`` is replaced by its hash, so it stays stable and
-    distinct without growing every header and dedupe entry.
+    ``request_id`` is the request's idempotency key, if it has one. An id longer than
+    ``MAX_ID_LENGTH`` is replaced by its hash, so it stays stable and distinct without
+    growing every header and dedupe entry.
     """
-    if record.event_id:
-        chosen = record.event_id
-    elif message_id:
-        chosen = message_id
-    elif request_id:
-        chosen = request_id if position is None else f"{request_id}#{position}"
-    else:
-        return content_id(record)
-    if len(chosen) > MAX_ID_LENGTH:
-        return HASH_PREFIX + hashlib.sha256(chosen.encode()).hexdigest()[:32]
-    return chosen
-
-
-def with_item_id(
-    record: AuditRecord,
-    *,
-    message_id: str | None = None,
-    request_id: str | None = None,
-    position: int | None = None,
-) -> AuditRecord:
-    """A copy of ``record`` whose ``event_id`` is its item id (see :func:`item_id`)."""
-    chosen = item_id(record, message_id=message_id, request_id=request_id, position=position)
-    if chosen == record.event_id:
-        return record
-    return msgspec.structs.replace(record, event_id=chosen)
+    several = len(events) > 1
+    same_content: collections.Counter[str] = collections.Counter()
+    out: list[AuditRecord] = []
+    for position, (record, hints) in enumerate(events):
+        if record.event_id:
+            chosen = record.event_id
+        elif hints.message_id:
+            chosen = hints.message_id
+        elif hints.batch_id:
+            at = hints.batch_position
+            chosen = hints.batch_id if at is None else f"{hints.batch_id}#{at}"
+        elif request_id:
+            chosen = f"{request_id}#{position}" if several else request_id
+        else:
+            chosen = content_id(record)
+            same_content[chosen] += 1
+            if same_content[chosen] > 1:
+                chosen = f"{chosen}#{same_content[chosen]}"
+        if len(chosen) > MAX_ID_LENGTH:
+            chosen = HASH_PREFIX + hashlib.sha256(chosen.encode()).hexdigest()[:32]
+        if chosen != record.event_id:
+            record = msgspec.structs.replace(record, event_id=chosen)
+        out.append(record)
+    return out

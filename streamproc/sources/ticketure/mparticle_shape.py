@@ -17,6 +17,8 @@ Anything else valid (other event types, other custom events, unknown actions) is
 and counted by the caller: mParticle would accept it, and it is not Ticketure's.
 The event's time is its ``timestamp_unixtime_ms``, else the ``ticketure_occured_at``
 attribute, else the batch's ``timestamp_unixtime_ms``; an event without one is refused.
+Custom attributes our records have no field for (Ticketure may add some) are kept in
+``unknown_attributes`` if they are JSON scalars, as mParticle's schema wants them.
 :func:`encode_batch` is the inverse, used by the push simulator.
 """
 
@@ -25,22 +27,27 @@ from __future__ import annotations
 import collections
 import contextlib
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
+from streamproc.decoding import decode_json
 from streamproc.errors import DecodeError
 from streamproc.sources.ticketure import ids
 from streamproc.sources.ticketure.audit_shape import (
+    KNOWN_ATTRIBUTES,
     Accepted,
+    Decoded,
     field_of,
     format_ms,
     parse_occurred_at,
+    split_attributes,
 )
 from streamproc.sources.ticketure.mparticle_wire import (
     MAX_BULK_BATCHES,
     Batch,
     CommerceEventData,
+    CustomAttributes,
     CustomEventData,
     String,
     UserIdentities,
@@ -48,6 +55,7 @@ from streamproc.sources.ticketure.mparticle_wire import (
 from streamproc.sources.ticketure.records import (
     GATEWAY_ACTIONS,
     TICKET_ACTIONS,
+    AnyScalar,
     AuditRecord,
     GatewayAttributes,
     GatewayAudit,
@@ -59,44 +67,49 @@ _BATCH = msgspec.json.Decoder(Batch)
 _BULK = msgspec.json.Decoder(list[Batch])
 _CUSTOM = msgspec.json.Decoder(CustomEventData)
 _COMMERCE = msgspec.json.Decoder(CommerceEventData)
-_TICKET_FIELDS = frozenset(f.name for f in msgspec.structs.fields(TicketAttributes))
-_GATEWAY_FIELDS = frozenset(f.name for f in msgspec.structs.fields(GatewayAttributes))
+
+# An event found in a batch, before its item id: the record, where it is, and its hints.
+_Found = tuple[AuditRecord, int, str, ids.Hints]
 
 
-class Decoded(NamedTuple):
-    """The records of a request and the events skipped, counted by reason."""
-
-    accepted: list[Accepted]
-    skipped: collections.Counter[str]
-
-
-def decode(body: bytes, *, bulk: bool) -> Decoded:
+def decode(body: bytes, *, bulk: bool, request_id: str | None = None) -> Decoded:
     """Records from a ``/v2/events`` (``bulk=False``) or ``/v2/bulkevents`` body.
 
     Raises DecodeError naming the first field that mParticle's schema (or our need of an
-    event time) refuses; nothing of a request is taken unless all of it is valid.
+    event time) refuses, or that cannot be decoded at all; nothing of a request is taken
+    unless all of it is valid. ``request_id`` is the request's idempotency key.
     """
     try:
-        batches = _BULK.decode(body) if bulk else [_BATCH.decode(body)]
-    except msgspec.ValidationError as exc:
-        raise field_of(exc) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise DecodeError("body", f"not valid JSON: {exc}") from None
+        # JSON is UTF-8 throughout, also in the parts the structs skip (an event's data
+        # until its type is known, properties we do not read), which msgspec does not check.
+        body.decode()
+    except UnicodeDecodeError as exc:
+        reason = f"not JSON: invalid UTF-8 at byte {exc.start}"
+        raise DecodeError("body", reason, code="not_json") from None
+    if bulk:
+        batches = decode_json(_BULK, body, "body", invalid=field_of)
+    else:
+        batches = [decode_json(_BATCH, body, "body", invalid=field_of)]
     if bulk and not batches:
         raise DecodeError("body", "an empty array holds no batches")
     if len(batches) > MAX_BULK_BATCHES:
         raise DecodeError("body", f"{len(batches)} batches; at most {MAX_BULK_BATCHES} allowed")
     out = Decoded([], collections.Counter())
+    found: list[_Found] = []
     for b, batch in enumerate(batches):
-        _batch_records(batch, f"[{b}]." if bulk else "", out)
+        found += _batch_records(batch, f"[{b}]." if bulk else "", out)
+    with_ids = ids.assign([(record, hints) for record, _, _, hints in found], request_id)
+    for record, (_, time_ms, where, _) in zip(with_ids, found, strict=True):
+        out.accepted.append(Accepted(record, time_ms, where))
     return out
 
 
-def _batch_records(batch: Batch, where: str, out: Decoded) -> None:
+def _batch_records(batch: Batch, where: str, out: Decoded) -> list[_Found]:
     events = batch.events or []
     identities = batch.user_identities or UserIdentities()
     email, mobile = _text(identities.email), _text(identities.mobile_number)
     request_id = _text(batch.source_request_id)
+    found: list[_Found] = []
     for e, event in enumerate(events):
         at = f"{where}events[{e}].data."
         record: AuditRecord | None
@@ -109,22 +122,16 @@ def _batch_records(batch: Batch, where: str, out: Decoded) -> None:
             continue
         if record is None:
             continue
-        record = ids.with_item_id(
-            record,
-            message_id=message_id,
-            request_id=request_id,
-            position=e if len(events) > 1 else None,
-        )
-        out.accepted.append(Accepted(record, parse_occurred_at(record.occurred_at, at)))
+        hints = ids.Hints(message_id, request_id, e if len(events) > 1 else None)
+        time_ms = parse_occurred_at(record.occurred_at, at)
+        found.append((record, time_ms, at.removesuffix(".data."), hints))
+    return found
 
 
 def _ticket(
     raw: msgspec.Raw, at: str, batch: Batch, email: str | None, mobile: str | None, out: Decoded
 ) -> tuple[AuditRecord | None, str | None]:
-    try:
-        data = _CUSTOM.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise field_of(exc, at) from None
+    data = _event_data(_CUSTOM, raw, at)
     if data.custom_event_type != "transaction":
         out.skipped["unsupported_event"] += 1
         return None, None
@@ -132,14 +139,15 @@ def _ticket(
     if action not in TICKET_ACTIONS:
         out.skipped["unknown_action"] += 1
         return None, None
-    attrs = _attributes(data.custom_attributes, _TICKET_FIELDS)
+    attrs, unknown = _attributes(data.custom_attributes, "ticket_audit", at)
     occurred_at = _occurred_at(data.timestamp_unixtime_ms, attrs, batch, at)
     record = TicketAudit(
-        action=action,  # type: ignore[arg-type]  # checked against TICKET_ACTIONS above
+        action=action,  # checked against TICKET_ACTIONS above
         occurred_at=occurred_at,
         email=email,
         mobile_number=mobile,
-        attributes=TicketAttributes(**attrs),
+        attributes=_known(TicketAttributes, attrs, at),
+        unknown_attributes=unknown or None,
     )
     return record, data.source_message_id
 
@@ -147,42 +155,52 @@ def _ticket(
 def _gateway(
     raw: msgspec.Raw, at: str, batch: Batch, email: str | None, mobile: str | None, out: Decoded
 ) -> tuple[AuditRecord | None, str | None]:
-    try:
-        data = _COMMERCE.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise field_of(exc, at) from None
+    data = _event_data(_COMMERCE, raw, at)
     action = data.product_action.action if data.product_action else None
     if data.product_action is None or action not in GATEWAY_ACTIONS:
         out.skipped["unsupported_event"] += 1
         return None, None
-    attrs = _attributes(data.custom_attributes, _GATEWAY_FIELDS)
+    attrs, unknown = _attributes(data.custom_attributes, "gateway_audit", at)
     if attrs.get("cart_id") is None:
         attrs["cart_id"] = data.product_action.transaction_id
     if attrs.get("total_amount") is None:
         attrs["total_amount"] = data.product_action.total_amount
     occurred_at = _occurred_at(data.timestamp_unixtime_ms, attrs, batch, at)
     record = GatewayAudit(
-        action=action,  # type: ignore[arg-type]  # checked against GATEWAY_ACTIONS above
+        action=action,  # checked against GATEWAY_ACTIONS above
         occurred_at=occurred_at,
         email=email,
         mobile_number=mobile,
-        attributes=GatewayAttributes(**attrs),
+        attributes=_known(GatewayAttributes, attrs, at),
+        unknown_attributes=unknown or None,
     )
     return record, data.source_message_id
 
 
-def _attributes(
-    custom: dict[str, String] | None, known: frozenset[str]
-) -> dict[str, str | int | float | None]:
-    """The custom attributes our records have a field for; booleans as text.
+def _event_data(decoder: msgspec.json.Decoder[Any], raw: msgspec.Raw, at: str) -> Any:
+    """An event's ``data``, decoded by its type; DecodeError naming ``<at>...``."""
+    return decode_json(decoder, raw, at.rstrip("."), invalid=lambda exc: field_of(exc, at))
 
-    Attributes Ticketure may add later have no field in the record and are left out.
+
+def _attributes(
+    custom: CustomAttributes | None, kind: str, at: str
+) -> tuple[dict[str, Any], dict[str, AnyScalar]]:
+    """(the custom attributes our records have a field for, booleans as text; the others).
+
+    Attributes Ticketure may add later have no field in the record: they are kept as sent.
     """
-    out: dict[str, str | int | float | None] = {}
-    for name, value in (custom or {}).items():
-        if name in known:
-            out[name] = _text(value) if isinstance(value, bool) else value
-    return out
+    known, unknown = split_attributes(
+        (custom or {}).items(), KNOWN_ATTRIBUTES[kind], at + "custom_attributes."
+    )
+    return {k: _text(v) if isinstance(v, bool) else v for k, v in known.items()}, unknown
+
+
+def _known(struct: type[Any], attrs: dict[str, Any], at: str) -> Any:
+    """``attrs`` as ``struct``: DecodeError naming the attribute whose value is no scalar."""
+    try:
+        return msgspec.convert(attrs, struct)
+    except msgspec.ValidationError as exc:
+        raise field_of(exc, at + "custom_attributes.") from None
 
 
 def _occurred_at(
@@ -233,11 +251,12 @@ def encode_batch(
     """The mParticle batch Ticketure's Push API would send for ``record`` (one event).
 
     The record's ``event_id`` becomes the event's ``source_message_id``, its time the
-    event's ``timestamp_unixtime_ms``; attributes travel as custom attributes (``null``
-    left out). A ``gateway_audit`` also fills ``product_action`` (``transaction_id`` =
-    cart id, ``total_amount`` as a number).
+    event's ``timestamp_unixtime_ms``; attributes travel as custom attributes (known ones
+    with ``null`` left out, unknown ones as they are). A ``gateway_audit`` also fills
+    ``product_action`` (``transaction_id`` = cart id, ``total_amount`` as a number).
     """
     attrs = {k: v for k, v in msgspec.structs.asdict(record.attributes).items() if v is not None}
+    attrs.update(record.unknown_attributes or {})
     data: dict[str, Any] = {
         "timestamp_unixtime_ms": parse_occurred_at(record.occurred_at),
         "custom_attributes": attrs,

@@ -122,12 +122,17 @@ class ProductAction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     products: list[dict[str, Any]] | None = None
 
 
+# An event's custom_attributes: mParticle's schema takes any "String" (JSON scalar) as a
+# value; the values are checked one by one after decoding, so a refusal names the attribute.
+CustomAttributes = dict[str, Any]
+
+
 class CustomEventData(msgspec.Struct, kw_only=True):
     event_name: str
     custom_event_type: CustomEventType
     timestamp_unixtime_ms: int | None = None
     source_message_id: str | None = None
-    custom_attributes: dict[str, String] | None = None
+    custom_attributes: CustomAttributes | None = None
 
 
 class CommerceEventData(msgspec.Struct, kw_only=True):
@@ -137,7 +142,7 @@ class CommerceEventData(msgspec.Struct, kw_only=True):
     currency_code: String = None
     timestamp_unixtime_ms: int | None = None
     source_message_id: str | None = None
-    custom_attributes: dict[str, String] | None = None
+    custom_attributes: CustomAttributes | None = None
 
 
 class Event(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -8,19 +8,28 @@ Routes (all ``POST``, ``Content-Type: application/json``):
 
 Answers, as mParticle gives them: 202 once Kafka has acknowledged every record of the
 request; 400 ``{"errors": [{"code", "field", "message"}]}`` naming the field and the
-reason; 401 without credentials and 403 with wrong ones (both say nothing more); 413 past
-``receiver.max_body_bytes``; 415 for another content type; 503 with ``Retry-After`` while
-Kafka is unreachable or the receiver stops. A request is all or nothing: one bad record
-refuses the whole body. Unauthenticated requests never reach Kafka; authenticated bodies
-that cannot be decoded are also copied to the dead-letter topic with the reason.
+reason, whatever made the body fail (not JSON, invalid UTF-8, nested too deep, a wrong
+type, an event too large for a Kafka record); 401 without credentials and 403 with wrong
+ones (both say nothing more); 408 for a body slower than ``receiver.body_timeout_s``; 413
+past ``receiver.max_body_bytes``; 415 for another content type; 429 with ``Retry-After``
+while ``receiver.max_unauthenticated_reads`` hmac bodies are being read; 503 with
+``Retry-After`` while Kafka is unreachable or the receiver stops (and, from
+:mod:`.connections`, past ``receiver.max_connections``). A request is all or nothing: one
+bad record refuses the whole body.
+
+Credentials are checked from the headers before the body is read: basic credentials
+whole, an hmac signature's form and timestamp (the signature itself needs the body, so
+such reads are capped). Unauthenticated requests never reach Kafka; authenticated bodies
+that cannot be decoded are copied to the dead-letter topic with the reason before the 400
+(503 instead if Kafka cannot keep the copy, so the sender retries rather than drops it).
 """
 
 from __future__ import annotations
 
-import collections
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
@@ -32,8 +41,10 @@ from streamproc.dlq import DeadLetter
 from streamproc.errors import DecodeError, TransportError
 from streamproc.health import Health
 from streamproc.lifecycle import Service
-from streamproc.sources.ticketure import audit_shape, mparticle_shape
-from streamproc.sources.ticketure.auth import Authenticator, Verdict
+from streamproc.sources.ticketure import audit_shape, connections, mparticle_shape
+from streamproc.sources.ticketure.audit_shape import Decoded
+from streamproc.sources.ticketure.auth import Authenticator
+from streamproc.sources.ticketure.refusals import Rejected, check_content_type, read_body, verdict
 from streamproc.sources.ticketure.writer import SOURCE, KafkaWriter, RecordTooLarge
 
 log = logging.getLogger(__name__)
@@ -42,45 +53,35 @@ ROUTE_EVENTS = "/ticketure/events"
 ROUTE_MP_EVENTS = "/v2/events"
 ROUTE_MP_BULK = "/v2/bulkevents"
 COMPONENT = "receiver"
+FILES_COMPONENT = "receiver.files"
 SOURCE_LABEL = "ticketure"
+# aiohttp's bounds on a request head; a line or header past them is answered 400.
+MAX_LINE_SIZE = 8190
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 64
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII, as a Kafka header takes it
 
 _ITEMS_IN = metrics.ITEMS_IN.labels(SOURCE_LABEL)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Decode = Callable[[bytes], mparticle_shape.Decoded]
+Decode = Callable[[bytes, str | None], Decoded]
 
 
-class Rejected(Exception):
-    """An answer other than 202, with the metric reason it is counted under."""
+def _decode_one(body: bytes, request_id: str | None) -> Decoded:
+    return mparticle_shape.decode(body, bulk=False, request_id=request_id)
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        reason: str,
-        *,
-        field: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.reason = reason
-        self.field = field
-        self.headers = headers or {}
 
-    def response(self) -> web.Response:
-        error: dict[str, str] = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        return web.Response(
-            status=self.status,
-            body=orjson.dumps({"errors": [error]}),
-            content_type="application/json",
-            headers=self.headers,
-        )
+def _decode_bulk(body: bytes, request_id: str | None) -> Decoded:
+    return mparticle_shape.decode(body, bulk=True, request_id=request_id)
+
+
+# What each route's body decodes to (the records, each with its item id): the fuzz tests
+# use it to know which item ids a 202 acknowledged.
+DECODERS: Mapping[str, Decode] = {
+    ROUTE_EVENTS: audit_shape.decode,
+    ROUTE_MP_EVENTS: _decode_one,
+    ROUTE_MP_BULK: _decode_bulk,
+}
 
 
 class Receiver(Service):
@@ -101,14 +102,14 @@ class Receiver(Service):
         probe_interval_s: float = 1.0,
         retry_after_s: int = 1,
     ) -> None:
-        rx = settings.receiver
+        rx = self._settings = settings.receiver
         self.health = health or Health()
         self.host = rx.host if host is None else host
         self._port = rx.port if port is None else port
-        self._max_body = rx.max_body_bytes
-        self._shutdown_timeout_s = rx.shutdown_timeout_s
-        self._auth = Authenticator(rx.senders, rx.signature_header)
+        self._auth = Authenticator(rx.senders, rx.signature_header, rx.timestamp_header)
         self._retry_after = str(retry_after_s)
+        self._unauthenticated_reads = 0
+        self._unknown_names = metrics.BoundedLabel(limit=50)  # attribute names as labels
         self.writer = KafkaWriter(
             settings,
             self.health,
@@ -117,35 +118,53 @@ class Receiver(Service):
             stop_timeout_s=rx.shutdown_timeout_s,
         )
         self._runner: web.AppRunner | None = None
+        self.listener: connections.Listener | None = None
         self._stopping = False
-        self.app = web.Application(client_max_size=self._max_body)
-        self.app.router.add_post(ROUTE_EVENTS, self._route(ROUTE_EVENTS, self._decode_ours))
-        self.app.router.add_post(ROUTE_MP_EVENTS, self._route(ROUTE_MP_EVENTS, self._decode_one))
-        self.app.router.add_post(ROUTE_MP_BULK, self._route(ROUTE_MP_BULK, self._decode_bulk))
+        self.app = web.Application(client_max_size=rx.max_body_bytes, middlewares=[_tracked])
+        for route, decode in DECODERS.items():
+            self.app.router.add_post(route, self._route(route, decode))
 
     @property
     def port(self) -> int:
         """The bound port (the configured one, or the one picked for ``port=0``)."""
-        if self._runner is not None:
-            for address in self._runner.addresses:
-                if isinstance(address, tuple):
-                    return int(address[1])
-        return self._port
+        bound = self.listener.port if self.listener is not None else None
+        return self._port if bound is None else bound
 
     async def start(self) -> None:
         if self._runner is not None:
             return
         self._stopping = False
+        rx = self._settings
         await self.writer.start()
         runner = web.AppRunner(
             self.app,
             access_log=None,
             handle_signals=False,
-            shutdown_timeout=self._shutdown_timeout_s,
+            shutdown_timeout=rx.shutdown_timeout_s,
+            keepalive_timeout=rx.keepalive_timeout_s,
+            handler_cancellation=True,  # a client gone: its request stops at once
+            max_line_size=MAX_LINE_SIZE,
+            max_field_size=MAX_FIELD_SIZE,
+            max_headers=MAX_HEADERS,
+            lingering_time=connections.LINGER_S,  # reading what is left after a refusal
         )
         await runner.setup()
-        await web.TCPSite(runner, self.host, self._port).start()
-        self._runner = runner
+        server = runner.server
+        if server is None:
+            raise RuntimeError("aiohttp's AppRunner.setup() made no server")
+        listener = connections.Listener(
+            server,
+            max_connections=rx.max_connections,
+            header_timeout_s=rx.header_timeout_s,
+            retry_after=self._retry_after,
+        )
+        try:
+            await listener.start(self.host, self._port)
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self.listener = runner, listener
+        self.health.watch(FILES_COMPONENT, self._files)
         self.health.set(COMPONENT, True)
         log.info("receiving Ticketure pushes on http://%s:%d", self.host, self.port)
 
@@ -155,10 +174,23 @@ class Receiver(Service):
         runner, self._runner = self._runner, None
         self._stopping = True
         self.health.set(COMPONENT, False, "stopping")
-        # Closes the listening socket, then waits for the handlers in flight (bounded).
+        self.health.forget(FILES_COMPONENT)
+        if self.listener is not None:
+            self.listener.close()
+        # Closes idle connections, then waits for the handlers in flight (bounded).
         await runner.cleanup()
         await self.writer.stop()
         log.info("receiver stopped")
+
+    def _files(self) -> str | None:
+        """Why /readyz should say no: open files close to RLIMIT_NOFILE (None: fine)."""
+        usage = connections.fd_usage()
+        if usage is None or usage[0] <= self._settings.max_fd_ratio * usage[1]:
+            return None
+        return (
+            f"{usage[0]} of {usage[1]} file descriptors open (RLIMIT_NOFILE): "
+            "new connections are about to fail"
+        )
 
     # --- one request ----------------------------------------------------------------
 
@@ -196,32 +228,24 @@ class Receiver(Service):
         if self._stopping:
             raise self._unavailable("the receiver is stopping", "stopping")
         headers = request.headers
-        # Basic credentials are checked before the body is read; a signature needs it.
-        method = _sender(self._auth.method(headers))
-        sender = _sender(self._auth.basic(headers)) if method == "basic" else ""
-        body = await self._read_body(request)
-        if method == "hmac":
-            sender = _sender(self._auth.signed(headers, body))
+        # Whatever the headers can tell is checked before a byte of the body is read, and
+        # nothing but 401/403 is told before the sender is known.
+        method = verdict(self._auth.method(headers))
+        if method == "basic":
+            sender = verdict(self._auth.basic(headers))
+            check_content_type(request)
+            body = await self._read_body(request)
+        else:
+            candidates = verdict(self._auth.hmac_candidates(headers, time.time()))
+            body = await self._read_unauthenticated(request)
+            sender = verdict(self._auth.signed(headers, body, candidates))
+            check_content_type(request)
         sender_b = sender.encode()
         received_ms = int(time.time() * 1000)
-        content_type = request.content_type
-        if content_type != "application/json" and not content_type.endswith("+json"):
-            raise Rejected(
-                415,
-                "UNSUPPORTED_MEDIA_TYPE",
-                "Content-Type must be application/json",
-                "content_type",
-                field="Content-Type",
-            )
         try:
-            accepted, skipped = decode(body)
+            accepted, skipped = decode(body, self._request_id(headers))
         except DecodeError as exc:
-            if not await self._dead_letter(route, sender_b, body, received_ms, exc):
-                # Answered 400, the sender would never send it again: let it retry instead.
-                raise self._unavailable(
-                    "Kafka is unavailable to keep this refused push; retry later", "unavailable"
-                ) from None
-            raise Rejected(400, "VALIDATION_ERROR", str(exc), "invalid", field=exc.field) from None
+            raise await self._refused(route, sender_b, body, received_ms, exc) from None
         if accepted:
             try:
                 await self.writer.write(sender_b, accepted, received_ms)
@@ -231,14 +255,17 @@ class Receiver(Service):
                     "Kafka is unavailable; retry later", "unavailable"
                 ) from None
             except RecordTooLarge as exc:
-                raise Rejected(
-                    413, "PAYLOAD_TOO_LARGE", str(exc), "too_large", field="body"
-                ) from None
+                where = accepted[exc.index].where if exc.index is not None else ""
+                error = DecodeError(where or "body", str(exc), code="too_large")
+                raise await self._refused(route, sender_b, body, received_ms, error) from None
         _ITEMS_IN.inc(len(accepted))
-        # Events that are not Ticketure's are counted once the request is taken, so a
-        # retried request does not count them twice.
+        # Events that are not Ticketure's, and attributes new to us, are counted once the
+        # request is taken, so a request answered 503 and retried does not count twice.
         for reason, count in skipped.items():
             metrics.REJECTED.labels(SOURCE_LABEL, reason).inc(count)
+        for item in accepted:
+            for name in item.record.unknown_attributes or ():
+                metrics.RX_UNKNOWN_ATTRIBUTES.labels(self._unknown_names(name)).inc()
         metrics.RX_PRODUCE.observe(time.perf_counter() - arrived)
         if route != ROUTE_EVENTS:
             return web.Response(status=202)
@@ -255,40 +282,50 @@ class Receiver(Service):
 
     def _unavailable(self, message: str, reason: str) -> Rejected:
         return Rejected(
-            503,
-            "SERVICE_UNAVAILABLE",
-            message,
-            reason,
-            headers={"Retry-After": self._retry_after},
+            503, "SERVICE_UNAVAILABLE", message, reason, headers={"Retry-After": self._retry_after}
         )
+
+    def _request_id(self, headers: Mapping[str, str]) -> str | None:
+        """The request's idempotency key, if it sends one; DecodeError if it is unusable."""
+        name = self._settings.idempotency_header
+        value = headers.get(name, "").strip() if name else ""
+        if not value:
+            return None
+        if not _REQUEST_ID.fullmatch(value):
+            raise DecodeError(name, "must be 1 to 256 visible ASCII characters")
+        return value
+
+    async def _read_unauthenticated(self, request: web.Request) -> bytes:
+        """The body of a request whose signature needs it: a bounded number at a time."""
+        if self._unauthenticated_reads >= self._settings.max_unauthenticated_reads:
+            raise Rejected(
+                429,
+                "TOO_MANY_REQUESTS",
+                "too many signed bodies are being read; retry later",
+                "busy",
+                headers={"Retry-After": self._retry_after},
+                close=True,
+            )
+        self._unauthenticated_reads += 1
+        try:
+            return await self._read_body(request)
+        finally:
+            self._unauthenticated_reads -= 1
 
     async def _read_body(self, request: web.Request) -> bytes:
-        """The body, refused with 413 as soon as it is known to pass the limit."""
-        too_large = Rejected(
-            413,
-            "PAYLOAD_TOO_LARGE",
-            f"the body is larger than {self._max_body} bytes",
-            "too_large",
-            field="body",
-        )
-        length = request.content_length
-        if length is not None and length > self._max_body:
-            raise too_large
-        try:
-            # The application's client_max_size is the limit: aiohttp stops reading a
-            # streamed (chunked) body as soon as it passes it.
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+        rx = self._settings
+        return await read_body(request, rx.max_body_bytes, rx.body_timeout_s)
 
-    async def _dead_letter(
+    async def _refused(
         self, route: str, sender: bytes, body: bytes, received_ms: int, exc: DecodeError
-    ) -> bool:
-        """Park the refused body in the DLQ; False if Kafka did not take it."""
+    ) -> Rejected:
+        """The 400 for a body that cannot be taken, once its dead letter is in Kafka; if
+        Kafka does not take the letter, a 503: answered 400, the sender would never send
+        the body again."""
         letter = DeadLetter(
             stage="receive",
             source=SOURCE_LABEL,
-            reason_code="invalid",
+            reason_code=exc.code,
             reason=str(exc),
             origin_topic=self.writer.topics.ticketure,
             key=None,
@@ -301,35 +338,18 @@ class Receiver(Service):
             ],
         )
         if not await self.writer.dead_letter(letter):
-            return False
+            return self._unavailable(
+                "Kafka is unavailable to keep this refused push; retry later", "unavailable"
+            )
         letter.count()
-        return True
-
-    # --- the three body shapes -------------------------------------------------------
-
-    @staticmethod
-    def _decode_ours(body: bytes) -> mparticle_shape.Decoded:
-        return mparticle_shape.Decoded(audit_shape.decode(body), collections.Counter())
-
-    @staticmethod
-    def _decode_one(body: bytes) -> mparticle_shape.Decoded:
-        return mparticle_shape.decode(body, bulk=False)
-
-    @staticmethod
-    def _decode_bulk(body: bytes) -> mparticle_shape.Decoded:
-        return mparticle_shape.decode(body, bulk=True)
+        return Rejected(400, "VALIDATION_ERROR", str(exc), exc.code, field=exc.field)
 
 
-def _sender(verdict: str | Verdict) -> str:
-    """The sender's name (or the method to check next); 401/403 that tell nothing more."""
-    if verdict is Verdict.MISSING:
-        raise Rejected(
-            401,
-            "UNAUTHORIZED",
-            "authentication required",
-            "unauthenticated",
-            headers={"WWW-Authenticate": 'Basic realm="streamproc"'},
-        )
-    if verdict is Verdict.INVALID:
-        raise Rejected(403, "FORBIDDEN", "credentials not accepted", "forbidden")
-    return verdict
+@web.middleware
+async def _tracked(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells the request's connection that a request is being handled (no header timer)."""
+    connections.request_started(request)
+    try:
+        return await handler(request)
+    finally:
+        connections.request_ended(request)

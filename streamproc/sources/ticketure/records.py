@@ -3,7 +3,10 @@
 Published as JSON Schema in ``schemas/ticketure/``. Every attribute Ticketure documents
 for its mParticle feed is a field here; amounts are decimal strings (numbers are accepted
 and kept as sent). ``type`` tells the two kinds apart. On ``ticketure.audit`` every record
-has ``event_id`` set to its item id (its own id, else the push's ids, else a content hash).
+has ``event_id`` set to its item id (its own id, else the push's ids, else a content hash),
+and ``unknown_attributes`` holds the attributes a push carried that have no field here
+(Ticketure may add some): the receiver sets it, senders never send it. Fields left at
+their default are not encoded, so a record without unknown attributes reads as before.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Literal
 import msgspec
 
 Scalar = str | int | float | None
+# An attribute without a field: any JSON scalar, as mParticle takes custom attributes.
+AnyScalar = str | int | float | bool | None
 
 TicketAction = Literal[
     "purchased",
@@ -66,9 +71,12 @@ class GatewayAttributes(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     total_amount: Scalar = None
 
 
-class TicketAudit(
-    msgspec.Struct, kw_only=True, tag="ticket_audit", tag_field="type", forbid_unknown_fields=True
-):
+class _Audit(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """How both kinds are encoded. Each declares its own fields: their order is the
+    encoding's, which content hashes (:func:`.ids.content_id`) depend on."""
+
+
+class TicketAudit(_Audit, kw_only=True, tag="ticket_audit"):
     """A ticket was purchased, redeemed, refunded, transferred, voided..."""
 
     action: TicketAction
@@ -77,6 +85,7 @@ class TicketAudit(
     email: str | None = None
     mobile_number: str | None = None
     attributes: TicketAttributes = msgspec.field(default_factory=TicketAttributes)
+    unknown_attributes: dict[str, AnyScalar] | None = None
 
     def order_key(self) -> str | None:
         a = self.attributes
@@ -84,9 +93,7 @@ class TicketAudit(
         return None if value is None else str(value)
 
 
-class GatewayAudit(
-    msgspec.Struct, kw_only=True, tag="gateway_audit", tag_field="type", forbid_unknown_fields=True
-):
+class GatewayAudit(_Audit, kw_only=True, tag="gateway_audit"):
     """A payment was captured (purchase) or refunded (refund, negative total)."""
 
     action: GatewayAction
@@ -95,6 +102,7 @@ class GatewayAudit(
     email: str | None = None
     mobile_number: str | None = None
     attributes: GatewayAttributes = msgspec.field(default_factory=GatewayAttributes)
+    unknown_attributes: dict[str, AnyScalar] | None = None
 
     def order_key(self) -> str | None:
         a = self.attributes
@@ -105,5 +113,4 @@ class GatewayAudit(
 AuditRecord = TicketAudit | GatewayAudit
 
 RECORD_DECODER = msgspec.json.Decoder(AuditRecord)
-RECORDS_DECODER = msgspec.json.Decoder(AuditRecord | list[AuditRecord])
 ENCODER = msgspec.json.Encoder()

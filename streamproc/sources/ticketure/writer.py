@@ -40,7 +40,14 @@ ABANDON_TIMEOUT_S = 2.0  # to close a dropped producer's connections
 
 
 class RecordTooLarge(StreamprocError):
-    """A record Kafka would never take (over ``MAX_RECORD_BYTES``): retrying cannot help."""
+    """A record Kafka would never take (over ``MAX_RECORD_BYTES``): retrying cannot help.
+
+    ``index`` is the record's place in what :meth:`KafkaWriter.write` was given, if known.
+    """
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class KafkaWriter(Service):
@@ -99,7 +106,7 @@ class KafkaWriter(Service):
         topic = self.topics.ticketure
         received = str(received_ms).encode()
         records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
-        for record, time_ms in accepted:
+        for index, (record, time_ms, _) in enumerate(accepted):
             # Without an order, the item id keeps a retried push on the same partition,
             # where the map stage's dedupe can see it.
             key = (record.order_key() or f"item:{record.event_id}").encode()
@@ -114,7 +121,8 @@ class KafkaWriter(Service):
             # Checked before anything is sent: a push is written whole or not at all.
             if kafka.record_size(key, value, headers) > MAX_RECORD_BYTES:
                 raise RecordTooLarge(
-                    f"an event is larger than a record may be ({MAX_RECORD_BYTES} B)"
+                    f"the event is larger than a Kafka record may be ({MAX_RECORD_BYTES} B)",
+                    index,
                 )
             records.append((key, value, headers))
         futures: list[asyncio.Future[object]] = []

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 import pytest_asyncio
@@ -44,6 +45,13 @@ async def receiver(rx_settings: Settings) -> AsyncIterator[Receiver]:
     async with Receiver(rx_settings, host="127.0.0.1", port=0, probe_interval_s=0.2) as rx:
         assert rx.writer.up, "the receiver did not reach the session broker"
         yield rx
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for requests to the receiver."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 async def read_topic(

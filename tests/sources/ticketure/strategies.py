@@ -32,10 +32,19 @@ JSON = st.recursive(
 )
 
 
+_FIRST, _LAST = datetime(1, 1, 2), datetime(9999, 12, 30)
+_SPAN_S = int((_LAST - _FIRST).total_seconds())
+
+
 @st.composite
 def rfc3339(draw: st.DrawFn) -> str:
-    """RFC 3339 date-times with offsets, fractions and Z in their various spellings."""
-    when = draw(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)))
+    """RFC 3339 date-times with offsets, fractions and Z in their various spellings.
+
+    The time is drawn as seconds and microseconds, several times cheaper than
+    ``st.datetimes`` and with the same ends (year 1 and 9999) among its first choices.
+    """
+    seconds, micros = draw(st.integers(0, _SPAN_S)), draw(st.integers(0, 999_999))
+    when = _FIRST + timedelta(seconds=seconds, microseconds=micros)
     minutes = draw(st.integers(-23 * 60 - 59, 23 * 60 + 59))
     text = when.replace(tzinfo=timezone(timedelta(minutes=minutes))).isoformat(
         timespec=draw(st.sampled_from(["seconds", "milliseconds", "microseconds"]))
@@ -45,38 +54,41 @@ def rfc3339(draw: st.DrawFn) -> str:
     return text
 
 
-def attributes(struct: type[msgspec.Struct]) -> st.SearchStrategy[msgspec.Struct]:
+def attributes(
+    struct: type[msgspec.Struct], at_most: int | None = None
+) -> st.SearchStrategy[msgspec.Struct]:
+    """Any subset of the struct's attributes (or at most ``at_most`` of them, far fewer
+    draws: what the request generator takes to run 100,000 cases)."""
     names = [f.name for f in msgspec.structs.fields(struct)]
-    return st.fixed_dictionaries({}, optional=dict.fromkeys(names, SCALAR)).map(
-        lambda d: struct(**d)
-    )
+    chosen: st.SearchStrategy[dict[str, Any]]
+    if at_most is None:
+        chosen = st.fixed_dictionaries({}, optional=dict.fromkeys(names, SCALAR))
+    else:
+        chosen = st.dictionaries(st.sampled_from(names), SCALAR, max_size=at_most)
+    return chosen.map(lambda d: struct(**d))
 
 
-def records() -> st.SearchStrategy[AuditRecord]:
+def records(attributes_at_most: int | None = None) -> st.SearchStrategy[AuditRecord]:
     """Records the receiver accepts (every field, every action, any scalar attribute)."""
     common: dict[str, Any] = {
         "occurred_at": rfc3339(),
-        "event_id": st.none() | st.text(min_size=1, max_size=256).filter(_no_surrogates),
+        "event_id": st.none() | st.text(st.characters(codec="utf-8"), min_size=1, max_size=256),
         "email": st.none() | TEXT,
         "mobile_number": st.none() | TEXT,
     }
     tickets = st.builds(
         TicketAudit,
         action=st.sampled_from(TICKET_ACTIONS),
-        attributes=attributes(TicketAttributes),
+        attributes=attributes(TicketAttributes, attributes_at_most),
         **common,
     )
     payments = st.builds(
         GatewayAudit,
         action=st.sampled_from(GATEWAY_ACTIONS),
-        attributes=attributes(GatewayAttributes),
+        attributes=attributes(GatewayAttributes, attributes_at_most),
         **common,
     )
     return tickets | payments
-
-
-def _no_surrogates(text: str) -> bool:
-    return not any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
 BAD_VALUES = (
@@ -132,24 +144,30 @@ def near_records(draw: st.DrawFn) -> Any:
     return doc
 
 
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Every path to a value inside ``doc`` (keys and indexes)."""
     found = [prefix]
     if isinstance(doc, dict):
         for key, value in doc.items():
-            found += _paths(value, (*prefix, key))
+            found += paths(value, (*prefix, key))
     elif isinstance(doc, list):
         for i, value in enumerate(doc):
-            found += _paths(value, (*prefix, i))
+            found += paths(value, (*prefix, i))
     return found
 
 
 @st.composite
 def mutated(draw: st.DrawFn, doc: Any) -> Any:
     """``doc`` (plain data) with up to three values replaced, dropped or keys added."""
+    return mutate(draw, doc)
+
+
+def mutate(draw: st.DrawFn, doc: Any) -> Any:
+    """:func:`mutated` as a plain function of ``draw``: no strategy is built per call, which
+    makes the request generator several times faster."""
     doc = msgspec.json.decode(msgspec.json.encode(doc))  # a deep copy
     for _ in range(draw(st.integers(0, 3))):
-        path = draw(st.sampled_from(_paths(doc)))
+        path = draw(st.sampled_from(paths(doc)))
         if not path:
             if draw(st.booleans()):
                 doc = draw(JSON)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 
-from streamproc.config import PushSender, Secret
+import pytest
+
+from streamproc.config import PushSender, Secret, load_settings
+from streamproc.errors import ConfigError
 from streamproc.sources.ticketure.auth import Authenticator, Verdict, basic_header, sign
 from tests.sources.ticketure.conftest import HMAC_SECRET, KEY, SECRET, SENDERS
 
@@ -38,21 +41,67 @@ def test_no_or_unusable_credentials_are_missing() -> None:
     assert a.basic({"Authorization": no_colon}) is Verdict.MISSING
 
 
+def signed(headers: dict[str, str], body: bytes, now_s: float = 1_700_000_000) -> object:
+    """What the receiver concludes: the headers first (before the body), then the body."""
+    candidates = auth().hmac_candidates(headers, now_s)
+    if isinstance(candidates, Verdict):
+        return candidates
+    return auth().signed(headers, body, candidates)
+
+
 def test_hmac_signature_of_the_body_names_the_sender() -> None:
     """A signature of the exact body under the shared secret identifies the hmac sender."""
     body = b'{"type": "ticket_audit"}'
     for value in (sign(HMAC_SECRET, body), sign(HMAC_SECRET, body).upper().replace("SHA256=", "")):
         headers = {HEADER: value}
         assert auth().method(headers) == "hmac"
-        assert auth().signed(headers, body) == "signed"
+        assert signed(headers, body) == "signed"
 
 
 def test_hmac_signature_of_another_body_or_secret_is_invalid() -> None:
     """A signature of a changed body, or under another secret, is INVALID."""
     body = b'{"a": 1}'
-    assert auth().signed({HEADER: sign(HMAC_SECRET, b'{"a": 2}')}, body) is Verdict.INVALID
-    assert auth().signed({HEADER: sign("other", body)}, body) is Verdict.INVALID
-    assert auth().signed({HEADER: "sha256=\u00e9\ud800"}, body) is Verdict.INVALID
+    assert signed({HEADER: sign(HMAC_SECRET, b'{"a": 2}')}, body) is Verdict.INVALID
+    assert signed({HEADER: sign("other", body)}, body) is Verdict.INVALID
+    assert signed({HEADER: "sha256=\u00e9\ud800"}, body) is Verdict.INVALID
+
+
+def test_a_malformed_signature_is_refused_from_the_headers_alone() -> None:
+    """No 64 hex digits: INVALID before any body is read (hmac_candidates needs none)."""
+    for value in ("sha256=", "sha256=" + "g" * 64, "a" * 63, "a" * 65, "sha1=" + "a" * 64):
+        assert auth().hmac_candidates({HEADER: value}, 0) is Verdict.INVALID
+
+
+WINDOWED = [PushSender(name="w", auth="hmac", secret=Secret("ws"), replay_window_s=300)]
+
+
+def test_replay_protection_checks_a_signed_time_within_the_window() -> None:
+    """With replay_window_s the signature covers "<time>.<body>" and the time must be
+    within the window; without a time it is MISSING, outside it or re-signed INVALID."""
+    windowed = Authenticator(WINDOWED, HEADER, "X-Time")
+    body, now = b"{}", 1_700_000_000
+    good = {HEADER: sign("ws", body, now - 299), "X-Time": str(now - 299)}
+    assert windowed.signed(good, body, windowed.hmac_candidates(good, now)) == "w"  # type: ignore[arg-type]
+    assert windowed.hmac_candidates(good, now + 2) is Verdict.INVALID  # replayed too late
+    assert windowed.hmac_candidates({HEADER: sign("ws", body)}, now) is Verdict.MISSING
+    unsigned_time = {HEADER: sign("ws", body), "X-Time": str(now)}
+    candidates = windowed.hmac_candidates(unsigned_time, now)
+    assert windowed.signed(unsigned_time, body, candidates) is Verdict.INVALID  # type: ignore[arg-type]
+    moved = {HEADER: good[HEADER], "X-Time": str(now)}  # the time changed, not re-signed
+    assert windowed.signed(moved, body, windowed.hmac_candidates(moved, now)) is Verdict.INVALID  # type: ignore[arg-type]
+    for stamp in ("", "-5", "1e9", "\u0661" * 10, "9" * 13):
+        assert windowed.hmac_candidates({HEADER: good[HEADER], "X-Time": stamp}, now) in (
+            Verdict.MISSING,
+            Verdict.INVALID,
+        )
+
+
+def test_replay_protection_is_per_sender() -> None:
+    """A sender without a window still signs the body alone next to one with a window."""
+    both = Authenticator([*WINDOWED, *SENDERS], HEADER, "X-Time")
+    body = b"{}"
+    plain = {HEADER: sign(HMAC_SECRET, body)}
+    assert both.signed(plain, body, both.hmac_candidates(plain, 0)) == "signed"  # type: ignore[arg-type]
 
 
 def test_a_method_without_senders_is_not_offered() -> None:
@@ -68,3 +117,21 @@ def test_repr_holds_no_secret() -> None:
     text = repr(auth())
     for secret in (SECRET, KEY, HMAC_SECRET):
         assert secret not in text
+
+
+def test_a_replay_window_is_for_hmac_senders_only() -> None:
+    """Basic credentials sign no time: replay_window_s on a basic sender is a config error."""
+    with pytest.raises(ConfigError, match="replay_window_s"):
+        load_settings(
+            env={
+                "STREAMPROC_RECEIVER_SENDERS": '[{"name": "b", "key": "k", "secret": "s", '
+                '"replay_window_s": 60}]'
+            }
+        )
+    settings = load_settings(
+        env={
+            "STREAMPROC_RECEIVER_SENDERS": '[{"name": "h", "auth": "hmac", "secret": "s", '
+            '"replay_window_s": 60}]'
+        }
+    )
+    assert settings.receiver.senders[0].replay_window_s == 60

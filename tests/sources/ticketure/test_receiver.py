@@ -8,7 +8,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from streamproc import kafka, localkafka
@@ -37,14 +36,8 @@ def signed(body: bytes) -> dict[str, str]:
     return {"X-Signature-SHA256": sign(HMAC_SECRET, body), "Content-Type": "application/json"}
 
 
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+def metric(series: str, /, **labels: str) -> float:
+    return REGISTRY.get_sample_value(series, labels) or 0.0
 
 
 async def post(

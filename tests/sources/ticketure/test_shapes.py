@@ -48,18 +48,23 @@ def error_of(body: bytes, *, shape: str = "ours") -> DecodeError:
 
 def test_one_record_or_an_array() -> None:
     """A single record and an array of records both decode, keeping their order."""
-    one = audit_shape.decode(orjson.dumps(ticket()))
-    many = audit_shape.decode(orjson.dumps([ticket(action="redeemed"), ticket()]))
-    assert [a.record.action for a in one] == ["purchased"]
+    (one,) = audit_shape.decode(orjson.dumps(ticket())).accepted
+    many = audit_shape.decode(orjson.dumps([ticket(action="redeemed"), ticket()])).accepted
+    assert one.record.action == "purchased"
     assert [a.record.action for a in many] == ["redeemed", "purchased"]
-    assert one[0].time_ms == 1746094500000
+    assert [a.where for a in many] == ["[0]", "[1]"]
+    assert (one.time_ms, one.where) == (1746094500000, "")
 
 
 @pytest.mark.parametrize(
     ("body", "field", "reason"),
     [
-        (b"{not json", "body", "not valid JSON"),
-        (b"\xff\xfe", "body", "not valid JSON"),
+        (b"{not json", "body", "not JSON"),
+        (b"\xff\xfe", "body", "not JSON"),
+        (b"5", "body", "Expected `object | array`"),
+        (b'{"type": "ticket_audit", "email": "Jos\xe9"}', "body", "not JSON"),
+        (b"[" * 5000 + b"]" * 5000, "body", "nested deeper"),
+        (orjson.dumps([ticket(), 5]), "[1]", "Expected `object`"),
         (b"[]", "body", "empty array"),
         (orjson.dumps({"action": "purchased"}), "type", "required"),
         (orjson.dumps(ticket(type="seat_audit")), "type", "Invalid value"),
@@ -68,7 +73,8 @@ def test_one_record_or_an_array() -> None:
         (orjson.dumps(ticket(occurred_at="2025-05-01T10:15:00")), "occurred_at", "offset"),
         (orjson.dumps(ticket(event_id="")), "event_id", "1 to 256"),
         (orjson.dumps(ticket(event_id="x" * 257)), "event_id", "1 to 256"),
-        (orjson.dumps(ticket(attributes={"seat": "A1"})), "attributes.seat", "unknown field"),
+        (orjson.dumps(ticket(attributes={"seat": ["A1"]})), "attributes.seat", "a string"),
+        (orjson.dumps(ticket(unknown_attributes={"seat": "A1"})), "unknown_attributes", "unknown"),
         (orjson.dumps(ticket(attributes={"price_paid": True})), "attributes.price_paid", "bool"),
         (orjson.dumps(ticket(colour="red")), "colour", "unknown field"),
     ],
@@ -93,14 +99,27 @@ def test_occurred_at_in_any_offset_is_epoch_ms() -> None:
 
 
 def test_item_id_prefers_the_events_own_id() -> None:
-    """event_id, then source_message_id, then source_request_id(#position), then a hash."""
+    """event_id, then source_message_id, then source_request_id(#position), then the
+    idempotency key(#position), then a hash (#n for the n-th same content)."""
     record = TicketAudit(action="redeemed", occurred_at="2025-05-01T10:15:00Z")
-    assert ids.item_id(msgspec.structs.replace(record, event_id="e1"), message_id="m") == "e1"
-    assert ids.item_id(record, message_id="m", request_id="r") == "m"
-    assert ids.item_id(record, request_id="r") == "r"
-    assert ids.item_id(record, request_id="r", position=2) == "r#2"
-    assert ids.item_id(record).startswith(ids.HASH_PREFIX)
-    assert ids.item_id(record, message_id="x" * 300).startswith(ids.HASH_PREFIX)
+    own = msgspec.structs.replace(record, event_id="e1")
+
+    def one(hints: ids.Hints, request_id: str | None = None, rec: AuditRecord = record) -> str:
+        (assigned,) = ids.assign([(rec, hints)], request_id)
+        return assigned.event_id or ""
+
+    assert one(ids.Hints(message_id="m"), rec=own) == "e1"
+    assert one(ids.Hints("m", "r", 2), "k") == "m"
+    assert one(ids.Hints(batch_id="r"), "k") == "r"
+    assert one(ids.Hints(batch_id="r", batch_position=2), "k") == "r#2"
+    assert one(ids.Hints(), "k") == "k"
+    assert one(ids.Hints()).startswith(ids.HASH_PREFIX)
+    assert one(ids.Hints(message_id="x" * 300)).startswith(ids.HASH_PREFIX)
+    twins = [(record, ids.Hints())] * 3
+    assert [r.event_id for r in ids.assign(twins, "k")] == ["k#0", "k#1", "k#2"]
+    hashed = [r.event_id or "" for r in ids.assign(twins)]
+    assert hashed[1:] == [f"{hashed[0]}#2", f"{hashed[0]}#3"]
+    assert hashed[0] == ids.content_id(record)
 
 
 def test_content_id_is_stable_and_tells_content_apart() -> None:
@@ -115,11 +134,31 @@ def test_content_id_is_stable_and_tells_content_apart() -> None:
     assert ids.content_id(a) == ids.content_id(b) != ids.content_id(c)
 
 
+def test_content_ids_are_those_of_earlier_versions() -> None:
+    """A record without unknown attributes hashes as before the field existed (values
+    from the release before it), so a push retried across an upgrade keeps its id."""
+    ticket_audit = TicketAudit(
+        action="redeemed",
+        occurred_at="2025-05-01T10:15:00Z",
+        email="a@example.com",
+        attributes=TicketAttributes(ticket_order_id="o-1", price_paid=12.5),
+    )
+    payment = GatewayAudit(
+        action="refund",
+        occurred_at="2025-05-01T10:15:00Z",
+        attributes=GatewayAttributes(cart_id="c", total_amount="-1.00"),
+    )
+    assert ids.content_id(ticket_audit) == "sha256:49f3ddb418b338337a2749603125cbf0"
+    assert ids.content_id(payment) == "sha256:01ea41f1e4af15e2546d0eeb97230b40"
+    extended = msgspec.structs.replace(payment, unknown_attributes={"x": 1})
+    assert ids.content_id(extended) != ids.content_id(payment)
+
+
 def test_replayed_bodies_get_the_same_item_ids() -> None:
     """Decoding the same body twice (a sender's retry) gives the same ids, in both shapes."""
     body = orjson.dumps([ticket(), ticket(action="redeemed")])
-    assert [a.record.event_id for a in audit_shape.decode(body)] == [
-        a.record.event_id for a in audit_shape.decode(body)
+    assert [a.record.event_id for a in audit_shape.decode(body).accepted] == [
+        a.record.event_id for a in audit_shape.decode(body).accepted
     ]
     batch = orjson.dumps(mp_batch(mp_ticket(), mp_ticket("Redeemed"), source_request_id=None))
     first = [a.record.event_id for a in mparticle_shape.decode(batch, bulk=False).accepted]
@@ -259,6 +298,108 @@ def test_bad_batches_name_the_field(doc: Any, bulk: bool, field: str, reason: st
     assert reason in error.reason
 
 
+def deep(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+ONE_EVENT = orjson.dumps(mp_batch(mp_ticket(seller="@@")))
+
+
+@pytest.mark.parametrize(
+    ("body", "bulk", "field", "code"),
+    [
+        (ONE_EVENT.replace(b'"@@"', b'"Jos\xe9"'), False, "body", "not_json"),
+        (ONE_EVENT.replace(b'"@@"', deep(1000)), False, "body", "too_deep"),
+        (ONE_EVENT.replace(b'"@@"', deep(100_000)), False, "body", "too_deep"),
+        (
+            b"[" + ONE_EVENT.replace(b'"@@"', deep(1000)) + b"]",
+            True,
+            "body",
+            "too_deep",
+        ),
+        (
+            orjson.dumps(mp_batch(device_info="@@")).replace(b'"@@"', deep(1000)),
+            False,
+            "body",
+            "too_deep",
+        ),
+        (
+            b"[" + orjson.dumps(mp_batch(context="@@")).replace(b'"@@"', deep(1000)) + b"]",
+            True,
+            "body",
+            "too_deep",
+        ),
+        (deep(5000), True, "[0]", "invalid"),  # refused at the first level, no deeper
+        (b'{"environment": "produc\xe9tion"}', False, "body", "not_json"),
+        (
+            orjson.dumps(mp_batch(mp_ticket(custom_attributes={"seat": {"row": 1}}))),
+            False,
+            "events[0].data.custom_attributes.seat",
+            "invalid",
+        ),
+        (
+            orjson.dumps(mp_batch(mp_ticket(custom_attributes={"price_paid": [1]}))),
+            False,
+            "events[0].data.custom_attributes.price_paid",
+            "invalid",
+        ),
+    ],
+)
+def test_undecodable_batches_are_decode_errors_with_a_code(
+    body: bytes, bulk: bool, field: str, code: str
+) -> None:
+    """Invalid UTF-8 and nesting past the decoder's depth, anywhere (an event's data
+    included: they were a msgspec error and a RecursionError), are DecodeErrors."""
+    error = error_of(body, shape="bulk" if bulk else "one")
+    assert (error.field, error.code) == (field, code)
+
+
+def test_unknown_attributes_are_kept_on_both_shapes_and_known_ones_checked() -> None:
+    """An attribute without a field is kept as sent in both shapes; known ones keep their
+    types (bool refused in ours, text in mParticle's), and a nested value is refused."""
+    new = {"seat": "A1", "vip": True, "row": 7, "note": None}
+    ours = orjson.dumps(ticket(attributes={"price_paid": "25.00", **new}))
+    (accepted,) = audit_shape.decode(ours).accepted
+    assert accepted.record.unknown_attributes == new
+    assert isinstance(accepted.record, TicketAudit)
+    assert accepted.record.attributes.price_paid == "25.00"
+    batch = orjson.dumps(mp_batch(mp_ticket(custom_attributes={"seller": True, **new})))
+    (accepted,) = mparticle_shape.decode(batch, bulk=False).accepted
+    assert accepted.record.unknown_attributes == new
+    assert isinstance(accepted.record, TicketAudit)
+    assert accepted.record.attributes.seller == "true"
+    payment = orjson.dumps(mp_batch(mp_payment(custom_attributes={"gateway_id": "x", **new})))
+    (accepted,) = mparticle_shape.decode(payment, bulk=False).accepted
+    assert accepted.record.unknown_attributes == new
+    (accepted,) = audit_shape.decode(orjson.dumps(ticket())).accepted
+    assert accepted.record.unknown_attributes is None
+    error = error_of(orjson.dumps(ticket(attributes={"price_paid": True, "seat": "A"})))
+    assert error.field == "attributes.price_paid"
+
+
+def test_id_less_twins_are_told_apart_by_position_or_idempotency_key() -> None:
+    """Identical id-less events: apart within a request (#2), apart across requests with
+    different keys, one item across requests without a key (a retry looks the same)."""
+    twin = ticket(action="redeemed")
+    both = [a.record.event_id for a in audit_shape.decode(orjson.dumps([twin, twin])).accepted]
+    assert both[1] == f"{both[0]}#2"
+    alone = orjson.dumps(twin)
+    first = audit_shape.decode(alone, "push-1").accepted[0].record.event_id
+    second = audit_shape.decode(alone, "push-2").accepted[0].record.event_id
+    retry = audit_shape.decode(alone, "push-1").accepted[0].record.event_id
+    assert (first, second, retry) == ("push-1", "push-2", "push-1")
+    assert audit_shape.decode(alone).accepted[0].record.event_id == both[0]
+    batch = orjson.dumps(mp_batch(mp_ticket(), mp_ticket(), source_request_id=None))
+    keyed = mparticle_shape.decode(batch, bulk=False, request_id="k").accepted
+    assert [a.record.event_id for a in keyed] == ["k#0", "k#1"]
+    bulk = orjson.dumps([mp_batch(mp_ticket(), source_request_id=None)] * 2)
+    keyed = mparticle_shape.decode(bulk, bulk=True, request_id="k").accepted
+    assert [(a.record.event_id, a.where) for a in keyed] == [
+        ("k#0", "[0].events[0]"),
+        ("k#1", "[1].events[0]"),
+    ]
+
+
 def test_encode_batch_round_trips() -> None:
     """A record encoded as Ticketure's mParticle batch decodes back to the same record."""
     records: list[AuditRecord] = [
@@ -321,8 +462,17 @@ nearly_valid = st.recursive(
 )
 
 
+@st.composite
+def spoiled(draw: st.DrawFn) -> bytes:
+    """Nearly valid JSON with a value swapped for invalid UTF-8 or deep nesting."""
+    body = orjson.dumps(draw(nearly_valid))
+    cut = draw(st.integers(0, len(body)))
+    poison = draw(st.sampled_from([b'"\xe9"', b"\xff", deep(1200), b"[" * 1200, b'{"a":' * 600]))
+    return body[:cut] + poison + body[cut:]
+
+
 @settings(max_examples=300, deadline=None)
-@given(body=st.binary(max_size=200) | nearly_valid.map(orjson.dumps))
+@given(body=st.binary(max_size=200) | nearly_valid.map(orjson.dumps) | spoiled())
 def test_decoders_raise_only_decode_errors(body: bytes) -> None:
     """Whatever the bytes, every decoder answers records or a DecodeError, nothing else."""
     for decode in (
