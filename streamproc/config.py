@@ -23,6 +23,7 @@ import msgspec
 import orjson
 
 from streamproc.errors import ConfigError
+from streamproc.redact import mask_url
 
 ENV_PREFIX = "STREAMPROC_"
 RETENTION_4H_S = 4 * 3600
@@ -42,15 +43,26 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port
 
 
 def _check_url(field: str, url: str) -> None:
-    """A base URL must be http(s) with a host: anything else fails at every request."""
+    """A base URL must be http(s) with a host: anything else fails at every request.
+
+    Nor may it carry credentials (``user:password@``): each API has credential settings
+    of their own, sent in the Authorization header, and aiohttp refuses both at once. The
+    message masks them (the refused value may be malformed, so it is masked as a whole).
+    """
     try:
         parts = urlsplit(url.strip())
         host = parts.hostname
         parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
     except ValueError:
         host = None
+    shown = mask_url(url)
     if parts.scheme.lower() not in ("http", "https") or not host:
-        raise ValueError(f"{field}: must be an http:// or https:// URL with a host, not {url!r}")
+        raise ValueError(f"{field}: must be an http:// or https:// URL with a host, not {shown!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"{field}: must not carry credentials (user:password@), not {shown!r}; "
+            "they have settings of their own"
+        )
 
 
 class Secret:

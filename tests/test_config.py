@@ -101,6 +101,28 @@ def test_invalid_setting_is_named(env: dict[str, str], named: str) -> None:
     assert named in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("variable", "url", "shown"),
+    [
+        ("STREAMPROC_MPARTICLE_BASE_URL", "https://key:s3cr3t@s2s.mparticle.com/", "https://***@"),
+        ("STREAMPROC_TICKETMATIC_BASE_URL", "https://me@apps.ticketmatic.com", "https://***@"),
+        # Malformed as well: the whole of what may be credentials is masked.
+        ("STREAMPROC_MPARTICLE_BASE_URL", "ftp://key:s3cr3t@host", "ftp://***@host"),
+        ("STREAMPROC_MPARTICLE_BASE_URL", "https://key:s3/cr?3t@host:x", "https://***@host:x"),
+        ("STREAMPROC_TICKETMATIC_BASE_URL", "key:s3cr3t@host", "***@host"),
+    ],
+)
+def test_credentials_in_a_url_are_refused_and_masked(variable: str, url: str, shown: str) -> None:
+    """A base URL with user:password@ is a ConfigError that names it without the secret."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={variable: url})
+    message = str(info.value)
+    assert variable in message
+    assert shown in message
+    for secret in ("s3cr3t", "s3/cr?3t", "key:", "me@"):
+        assert secret not in message
+
+
 def test_bounds_allow_what_is_meant() -> None:
     """0 is a valid linger, shutdown bound and port (any free one); URLs may have a path."""
     settings = load_settings(

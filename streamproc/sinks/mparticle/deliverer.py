@@ -38,6 +38,7 @@ from streamproc.config import Settings
 from streamproc.dlq import DeadLetter
 from streamproc.health import Health
 from streamproc.lifecycle import Service, cancel_and_wait
+from streamproc.redact import mask_url
 from streamproc.sinks.mparticle.batcher import (
     MAX_BATCH_BYTES,
     MAX_BATCHES,
@@ -172,7 +173,10 @@ class Deliverer(Service):
         self._main = asyncio.create_task(self._run(self._consumer), name="deliver")
         self.health.set(COMPONENT, True)
         log.info(
-            "delivering %s to %s (group %s)", self.topics.batches, self.client.url, self.group_id
+            "delivering %s to %s (group %s)",
+            self.topics.batches,
+            mask_url(self.client.url),
+            self.group_id,
         )
 
     async def stop(self) -> None:

@@ -34,6 +34,7 @@ from streamproc.errors import (
 from streamproc.health import Health
 from streamproc.kafka import H_ITEM_TIME, H_SOURCE
 from streamproc.metrics import AgeSeries
+from streamproc.redact import mask_url
 from streamproc.sinks.mparticle.batcher import Batch, request_body, where
 from streamproc.sinks.mparticle.client import MParticleClient
 from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
@@ -229,7 +230,7 @@ class Sender:
             "mParticle answers HTTP %d for %s: check mparticle.base_url; nothing is dropped, "
             "retrying every %.0f s",
             exc.status,
-            self.client.url,
+            mask_url(self.client.url),
             self.auth_retry_s,
         )
 
