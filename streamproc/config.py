@@ -226,6 +226,8 @@ class MParticleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     auth_retry_s: Seconds = 30.0
     # 0: retry 5xx/timeouts without limit; else dead-letter a batch after this many tries.
     max_retries: int = 0
+    # A 429's Retry-After is obeyed up to this (every request waits it); longer is logged and cut.
+    retry_after_max_s: Seconds = 300.0
     shutdown_timeout_s: Wait = 10.0
 
     def __post_init__(self) -> None:

@@ -92,6 +92,7 @@ def test_scalars_and_lists_from_environment() -> None:
         ({"STREAMPROC_TICKETMATIC_BASE_URL": "ftp://x"}, "STREAMPROC_TICKETMATIC_BASE_URL"),
         ({"STREAMPROC_MPARTICLE_BASE_URL": "http://:8080"}, "STREAMPROC_MPARTICLE_BASE_URL"),
         ({"STREAMPROC_MPARTICLE_BASE_URL": "http://h:port"}, "STREAMPROC_MPARTICLE_BASE_URL"),
+        ({"STREAMPROC_MPARTICLE_RETRY_AFTER_MAX_S": "0"}, "STREAMPROC_MPARTICLE_RETRY_AFTER"),
     ],
 )
 def test_invalid_setting_is_named(env: dict[str, str], named: str) -> None:

@@ -131,6 +131,7 @@ class Deliverer(Service):
             health=self.health,
             backoff_base_s=mp.backoff_base_s if backoff_base_s is None else backoff_base_s,
             backoff_max_s=mp.backoff_max_s,
+            retry_after_max_s=mp.retry_after_max_s,
             auth_retry_s=mp.auth_retry_s if auth_retry_s is None else auth_retry_s,
             # mparticle.max_retries 0 means no limit.
             max_retries=max_retries if max_retries is not None else (mp.max_retries or None),
