@@ -216,6 +216,8 @@ class MParticleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     base_url: str | None = None
     api_key: str = ""
     api_secret: Secret | None = None
+    # The feed's limit (mParticle's is per API key): each deliverer of the group takes the
+    # share of the topic's partitions it is assigned.
     rate_limit_batches_per_s: float = 270.0
     max_in_flight: int = 4
     linger_ms: Wait = 20.0
