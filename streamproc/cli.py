@@ -17,11 +17,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import IO
 
 import orjson
 
 from streamproc import config, topics
 from streamproc.errors import ConfigError, Unavailable
+from streamproc.redact import MaskingFormatter
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +176,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(f"streamproc: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level)
     for warning in config.unknown_variables():
         logging.getLogger("streamproc.config").warning("%s", warning)
     try:
@@ -199,6 +197,13 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def configure_logging(level: str, stream: IO[str] | None = None) -> None:
+    """Log lines to ``stream`` (stderr) at ``level``, with URL credentials masked."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def tune_gc() -> None:

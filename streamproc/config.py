@@ -23,6 +23,7 @@ import msgspec
 import orjson
 
 from streamproc.errors import ConfigError
+from streamproc.redact import mask_url
 
 ENV_PREFIX = "STREAMPROC_"
 RETENTION_4H_S = 4 * 3600
@@ -42,15 +43,26 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port
 
 
 def _check_url(field: str, url: str) -> None:
-    """A base URL must be http(s) with a host: anything else fails at every request."""
+    """A base URL must be http(s) with a host: anything else fails at every request.
+
+    Nor may it carry credentials (``user:password@``): each API has credential settings
+    of their own, sent in the Authorization header, and aiohttp refuses both at once. The
+    message masks them (the refused value may be malformed, so it is masked as a whole).
+    """
     try:
         parts = urlsplit(url.strip())
         host = parts.hostname
         parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
     except ValueError:
         host = None
+    shown = mask_url(url)
     if parts.scheme.lower() not in ("http", "https") or not host:
-        raise ValueError(f"{field}: must be an http:// or https:// URL with a host, not {url!r}")
+        raise ValueError(f"{field}: must be an http:// or https:// URL with a host, not {shown!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"{field}: must not carry credentials (user:password@), not {shown!r}; "
+            "they have settings of their own"
+        )
 
 
 class Secret:
@@ -229,6 +241,8 @@ class MParticleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     base_url: str | None = None
     api_key: str = ""
     api_secret: Secret | None = None
+    # The feed's limit (mParticle's is per API key): each deliverer of the group takes the
+    # share of the topic's partitions it is assigned.
     rate_limit_batches_per_s: float = 270.0
     max_in_flight: int = 4
     linger_ms: Wait = 20.0
@@ -239,6 +253,8 @@ class MParticleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     auth_retry_s: Seconds = 30.0
     # 0: retry 5xx/timeouts without limit; else dead-letter a batch after this many tries.
     max_retries: int = 0
+    # A 429's Retry-After is obeyed up to this (every request waits it); longer is logged and cut.
+    retry_after_max_s: Seconds = 300.0
     shutdown_timeout_s: Wait = 10.0
 
     def __post_init__(self) -> None:

@@ -272,7 +272,8 @@ DL_LATENCY = Histogram(
 )
 DL_RATE = Gauge(
     "streamproc_deliver_rate_limit_batches_per_second",
-    "The client-side rate limit now in force (lowered after 429s).",
+    "This process's client-side rate limit now in force: its partitions' share of the feed's "
+    "rate_limit_batches_per_s, lowered after 429s (the group's members add up to the feed's).",
 )
 DL_AUTH_FAILED = Gauge(
     "streamproc_deliver_auth_failed",

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import IO
 
+import aiohttp
+
 from streamproc.config import Settings, to_env
 
 
@@ -92,3 +94,19 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+async def scraped(port: int, name: str) -> float | None:
+    """Unlabelled metric ``name`` from ``/metrics`` at ``port``; None until it is exposed."""
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            exposed = await response.text()
+    except aiohttp.ClientError:
+        return None
+    for line in exposed.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None

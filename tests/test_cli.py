@@ -53,6 +53,31 @@ def test_config_prints_settings_without_secrets() -> None:
     assert "s3cr3t" not in result.stdout + result.stderr
 
 
+def test_credentials_in_a_url_stay_out_of_errors_and_log_lines() -> None:
+    """`deliver` with user:password@ in its base URL exits 2 masked; log lines mask any URL."""
+    url = "https://feed-key:s3cr3t@s2s.mparticle.com"
+    result = run("deliver", env={"STREAMPROC_MPARTICLE_BASE_URL": url, "PATH": ""})
+    assert result.returncode == 2
+    assert "STREAMPROC_MPARTICLE_BASE_URL" in result.stderr
+    assert "'https://***@s2s.mparticle.com'" in result.stderr
+    assert "s3cr3t" not in result.stdout + result.stderr
+    # Lines through the entry point's handler, as every command logs them.
+    script = (
+        "import logging; from streamproc import cli; cli.configure_logging('INFO'); "
+        "log = logging.getLogger('streamproc.sinks.mparticle.deliverer'); "
+        f"log.info('delivering %s to %s (group %s)', 'mparticle.batches', {url!r}, 'g'); "
+        f"log.warning('peer said: see %s/v2?x=1 and http://u:p@w@h:1/', {url!r})"
+    )
+    logged = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    ).stderr
+    assert "INFO streamproc.sinks.mparticle.deliverer: delivering mparticle.batches to " in logged
+    assert "https://***@s2s.mparticle.com (group g)" in logged
+    assert "https://***@s2s.mparticle.com/v2?x=1 and http://***@h:1/" in logged
+    assert "s3cr3t" not in logged
+    assert "u:p" not in logged
+
+
 def test_mistyped_variable_is_warned_about() -> None:
     """A STREAMPROC_ variable that sets nothing is named in a warning; the command runs."""
     result = run("config", env={"STREAMPROC_TOPIC_PREFX": "x.", "PATH": ""})

@@ -92,6 +92,7 @@ def test_scalars_and_lists_from_environment() -> None:
         ({"STREAMPROC_TICKETMATIC_BASE_URL": "ftp://x"}, "STREAMPROC_TICKETMATIC_BASE_URL"),
         ({"STREAMPROC_MPARTICLE_BASE_URL": "http://:8080"}, "STREAMPROC_MPARTICLE_BASE_URL"),
         ({"STREAMPROC_MPARTICLE_BASE_URL": "http://h:port"}, "STREAMPROC_MPARTICLE_BASE_URL"),
+        ({"STREAMPROC_MPARTICLE_RETRY_AFTER_MAX_S": "0"}, "STREAMPROC_MPARTICLE_RETRY_AFTER"),
     ],
 )
 def test_invalid_setting_is_named(env: dict[str, str], named: str) -> None:
@@ -99,6 +100,28 @@ def test_invalid_setting_is_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env=env)
     assert named in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "shown"),
+    [
+        ("STREAMPROC_MPARTICLE_BASE_URL", "https://key:s3cr3t@s2s.mparticle.com/", "https://***@"),
+        ("STREAMPROC_TICKETMATIC_BASE_URL", "https://me@apps.ticketmatic.com", "https://***@"),
+        # Malformed as well: the whole of what may be credentials is masked.
+        ("STREAMPROC_MPARTICLE_BASE_URL", "ftp://key:s3cr3t@host", "ftp://***@host"),
+        ("STREAMPROC_MPARTICLE_BASE_URL", "https://key:s3/cr?3t@host:x", "https://***@host:x"),
+        ("STREAMPROC_TICKETMATIC_BASE_URL", "key:s3cr3t@host", "***@host"),
+    ],
+)
+def test_credentials_in_a_url_are_refused_and_masked(variable: str, url: str, shown: str) -> None:
+    """A base URL with user:password@ is a ConfigError that names it without the secret."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={variable: url})
+    message = str(info.value)
+    assert variable in message
+    assert shown in message
+    for secret in ("s3cr3t", "s3/cr?3t", "key:", "me@"):
+        assert secret not in message
 
 
 def test_bounds_allow_what_is_meant() -> None:

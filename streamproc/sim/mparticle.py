@@ -21,11 +21,14 @@
    seen before under the same API key is counted as a duplicate and not stored again
    (``duplicates_differing`` counts repeats whose content differs from the first).
 
-Inspection and control, for tests and ``make run`` (no auth): ``GET /_sim/stats``,
-``GET /_sim/batches?offset=&limit=``, ``POST /_sim/control`` (JSON, see :class:`Control`),
-``POST /_sim/reset`` (forget batches, counts and faults). In-process, the same through
-:class:`MParticleSim` methods; ``stop()`` closes the port but keeps what was received, so
-``start()`` again models refused connections followed by recovery.
+Inspection and control, for tests and ``make run`` (no auth): ``GET /_sim/stats`` (with
+batches per second of arrival), ``GET /_sim/batches?offset=&limit=``,
+``GET /_sim/requests?offset=&limit=`` (each request's arrival and answer times, status and
+``source_request_id`` list, the last ``max_requests`` kept), ``POST /_sim/control`` (JSON,
+see :class:`Control`), ``POST /_sim/reset`` (forget batches, counts and faults).
+In-process, the same through :class:`MParticleSim` methods; ``stop()`` closes the port but
+keeps what was received, so ``start()`` again models refused connections followed by
+recovery.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import random
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -49,6 +53,7 @@ from aiohttp import web
 from streamproc.config import Settings
 from streamproc.lifecycle import Service, stop_on_signals
 from streamproc.sim.mparticle_control import (
+    Arrival,
     Control,
     FailNext,
     RateBucket,
@@ -70,6 +75,23 @@ MAX_BATCHES = 100
 H_PERCENT_USED = "X-mp-rate-limit-percentage-used"
 H_LIMIT_EXCEEDED = "X-mp-rate-limit-exceeded"
 MAX_ERRORS = 20
+
+
+def seconds_text(seconds: float) -> str:
+    """A Retry-After value as delta-seconds: ``3``, ``0.05``, ``99999999`` (never ``1e+08``)."""
+    return f"{seconds:.6f}".rstrip("0").rstrip(".")
+
+
+def _page(request: web.Request, name: str, items: Sequence[Any]) -> web.Response:
+    """``{"total", "offset", name: items[offset:offset + limit]}`` from the query."""
+    try:
+        offset = int(request.query.get("offset", "0"))
+        limit = int(request.query.get("limit", "1000"))
+    except ValueError:
+        return _error(400, "BAD_REQUEST", "offset and limit are integers")
+    page = items[offset : offset + limit]
+    body = msgspec.json.encode({"total": len(items), "offset": offset, name: page})
+    return web.Response(body=body, content_type="application/json")
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -96,6 +118,7 @@ class MParticleSim(Service):
         max_batch_bytes: int = MAX_BATCH_BYTES,
         max_batches: int = MAX_BATCHES,
         max_stored: int = 100_000,
+        max_requests: int = 100_000,
         latency_s: float = 0.0,
         error_rate: float = 0.0,
         seed: int | None = None,
@@ -117,6 +140,7 @@ class MParticleSim(Service):
         self._fail: deque[FailNext] = deque()
         self._seen: dict[str, dict[str, int]] = {}
         self._stored: list[dict[str, Any]] = []
+        self._arrivals: deque[Arrival] = deque(maxlen=max_requests)
         self.stats = SimStats()
         self._runner: web.AppRunner | None = None
 
@@ -164,6 +188,7 @@ class MParticleSim(Service):
         self._fail.clear()
         self._seen.clear()
         self._stored.clear()
+        self._arrivals.clear()
         self.outage = None
         self.latency_s = 0.0
         self.error_rate = 0.0
@@ -172,6 +197,10 @@ class MParticleSim(Service):
     def batches(self) -> list[dict[str, Any]]:
         """The stored batches (each ``source_request_id`` once), in arrival order."""
         return list(self._stored)
+
+    def requests(self) -> list[Arrival]:
+        """The last ``max_requests`` requests, in the order they were answered."""
+        return list(self._arrivals)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -185,6 +214,7 @@ class MParticleSim(Service):
         app.router.add_post("/v2/bulkevents/historical", self._bulk)
         app.router.add_get("/_sim/stats", self._get_stats)
         app.router.add_get("/_sim/batches", self._get_batches)
+        app.router.add_get("/_sim/requests", self._get_requests)
         app.router.add_post("/_sim/control", self._post_control)
         app.router.add_post("/_sim/reset", self._post_reset)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
@@ -219,24 +249,48 @@ class MParticleSim(Service):
             # The body is read first: a request whose client gave up waiting has still
             # landed, as with the real API (the retry is then a duplicate).
             body = await request.read()
+            arrived_at = time.time()
             if self.latency_s > 0:
                 await asyncio.sleep(self.latency_s)
+            batches: list[Any] = []
             if self.outage == "drop" and request.transport is not None:
                 request.transport.abort()
                 response = web.Response(status=503)
                 key = "dropped"
             else:
-                response = self._answer(request, body, bulk)
+                response = self._answer(request, body, bulk, batches)
                 key = str(response.status)
         finally:
             self.stats.in_flight -= 1
         self.stats.answers[key] = self.stats.answers.get(key, 0) + 1
+        self._arrived(arrived_at, key, batches)
         return response
 
-    def _answer(self, request: web.Request, body: bytes, bulk: bool) -> web.Response:
-        """Everything after the latency, with no await: counts stay consistent."""
+    def _arrived(self, arrived_at: float, status: str, batches: list[Any]) -> None:
+        second = int(arrived_at)
+        by_second = self.stats.arrived_by_second
+        by_second[second] = by_second.get(second, 0) + len(batches)
+        ids = [b.get("source_request_id", "") if isinstance(b, dict) else "" for b in batches]
+        self._arrivals.append(
+            Arrival(
+                arrived_at=arrived_at,
+                answered_at=time.time(),
+                status=status,
+                batches=len(batches),
+                ids=[i if isinstance(i, str) else "" for i in ids],
+            )
+        )
+
+    def _answer(
+        self, request: web.Request, body: bytes, bulk: bool, batches: list[Any]
+    ) -> web.Response:
+        """Everything after the latency, with no await: counts stay consistent.
+
+        ``batches`` receives the request's batches once its body is read as such.
+        """
         fault = self._fault()
         if fault is not None:
+            self._read_batches(body, bulk, batches)
             return fault
         api_key = self._authenticate(request.headers.get("Authorization"))
         if isinstance(api_key, web.Response):
@@ -248,9 +302,9 @@ class MParticleSim(Service):
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             return _error(400, "MALFORMED_JSON", str(exc))
-        batches = parsed if bulk else [parsed]
         if bulk and not isinstance(parsed, list):
             return _error(400, "BAD_REQUEST", "the body must be a JSON array of batches")
+        batches += parsed if bulk else [parsed]
         if len(batches) > self.max_batches:
             return _error(
                 400, "TOO_MANY_BATCHES", f"{len(batches)} batches; at most {self.max_batches}"
@@ -272,6 +326,18 @@ class MParticleSim(Service):
         self._store(api_key, batches)
         return web.Response(status=202, headers=headers)
 
+    @staticmethod
+    def _read_batches(body: bytes, bulk: bool, out: list[Any]) -> None:
+        """``out`` gets the batches of ``body`` if it reads as such (for the request log)."""
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if bulk and isinstance(parsed, list):
+            out += parsed
+        elif not bulk:
+            out.append(parsed)
+
     def _fault(self) -> web.Response | None:
         if self.outage == "503":
             return _error(503, "SERVICE_UNAVAILABLE", "simulated outage")
@@ -282,7 +348,7 @@ class MParticleSim(Service):
                 self._fail.popleft()
             extra: dict[str, str] = {}
             if head.retry_after_s is not None:
-                extra["Retry-After"] = f"{head.retry_after_s:g}"
+                extra["Retry-After"] = seconds_text(head.retry_after_s)
             if head.status == 429:
                 extra[H_LIMIT_EXCEEDED] = "batches_per_second"
             return _error(head.status, "INJECTED", f"simulated HTTP {head.status}", **extra)
@@ -333,7 +399,7 @@ class MParticleSim(Service):
         assert self._bucket is not None  # noqa: S101 -- only called with a bucket
         headers = {H_LIMIT_EXCEEDED: "batches_per_second"}
         if self.retry_after_s is not None:
-            headers["Retry-After"] = f"{self.retry_after_s:g}"
+            headers["Retry-After"] = seconds_text(self.retry_after_s)
         wait = self._bucket.wait_s(n)
         return _error(
             429,
@@ -373,14 +439,10 @@ class MParticleSim(Service):
         return web.Response(body=msgspec.json.encode(self.stats), content_type="application/json")
 
     async def _get_batches(self, request: web.Request) -> web.Response:
-        try:
-            offset = int(request.query.get("offset", "0"))
-            limit = int(request.query.get("limit", "1000"))
-        except ValueError:
-            return _error(400, "BAD_REQUEST", "offset and limit are integers")
-        page = self._stored[offset : offset + limit]
-        body = orjson.dumps({"total": len(self._stored), "offset": offset, "batches": page})
-        return web.Response(body=body, content_type="application/json")
+        return _page(request, "batches", self._stored)
+
+    async def _get_requests(self, request: web.Request) -> web.Response:
+        return _page(request, "requests", list(self._arrivals))
 
     async def _post_control(self, request: web.Request) -> web.Response:
         try:

@@ -1,8 +1,8 @@
 """The mParticle simulator's control and inspection shapes, and its rate-limit bucket.
 
 ``POST /_sim/control`` takes a :class:`Control`; ``GET /_sim/stats`` answers
-:class:`SimStats`. Tests use them in-process through
-:class:`~streamproc.sim.mparticle.MParticleSim`.
+:class:`SimStats`, ``GET /_sim/requests`` a page of :class:`Arrival`. Tests use them
+in-process through :class:`~streamproc.sim.mparticle.MParticleSim`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,23 @@ class SimStats(msgspec.Struct, kw_only=True):
     events_stored: int = 0
     first_batch_at: float | None = None
     last_batch_at: float | None = None
+    # Epoch second -> batches in the requests that arrived in it, whatever the answer.
+    arrived_by_second: dict[int, int] = msgspec.field(default_factory=dict)
+
+
+class Arrival(msgspec.Struct, kw_only=True):
+    """One request to the events endpoints, as the simulator saw it (``GET /_sim/requests``).
+
+    ``arrived_at`` is when its body was read, ``answered_at`` when the answer was ready
+    (after the injected latency), both in epoch seconds; ``ids`` are the batches'
+    ``source_request_id`` in order (empty when the body could not be read as batches).
+    """
+
+    arrived_at: float
+    answered_at: float
+    status: str  # the answer's code, or "dropped"
+    batches: int
+    ids: list[str]
 
 
 class RateBucket:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -294,6 +295,34 @@ async def test_http_control_stats_batches_and_reset(
         assert r.status == 200
     assert sim.stats.batches_stored == 0
     assert sim.batches() == []
+
+
+async def test_requests_are_logged_with_times_ids_and_counted_per_second(
+    sim: MParticleSim, http: aiohttp.ClientSession
+) -> None:
+    """Each request's arrival, answer, status and ids are kept; batches counted per second."""
+    sim.fail_next(429, retry_after_s=99999999)
+    sim.control(Control(latency_s=0.1))
+    before = time.time()
+    status, headers, _ = await post(http, sim, [batch(1), batch(2)])
+    assert (status, headers["Retry-After"]) == (429, "99999999")  # delta-seconds, not 1e+08
+    sim.control(Control(latency_s=0.0))
+    await post(http, sim, [batch(3)])
+    refused, accepted = sim.requests()
+    ids = [batch(i)["source_request_id"] for i in (1, 2, 3)]
+    assert (refused.status, refused.batches, refused.ids) == ("429", 2, ids[:2])
+    assert (accepted.status, accepted.ids) == ("202", ids[2:])
+    assert before <= refused.arrived_at <= refused.answered_at - 0.1 <= accepted.arrived_at
+    assert sum(sim.stats.arrived_by_second.values()) == 3
+    assert int(refused.arrived_at) in sim.stats.arrived_by_second
+    async with http.get(sim.url + "/_sim/requests?offset=1") as r:
+        page = await r.json()
+    assert page["total"] == 2
+    assert [a["ids"] for a in page["requests"]] == [ids[2:]]
+    async with http.get(sim.url + "/_sim/stats") as r:
+        assert sum((await r.json())["arrived_by_second"].values()) == 3
+    sim.reset()
+    assert sim.requests() == []
 
 
 def test_control_struct_leaves_absent_fields() -> None:

@@ -72,11 +72,16 @@ def deliver_settings(settings: Settings, sim: MParticleSim, **fields: Any) -> Se
 
 
 async def produce(
-    settings: Settings, values: Sequence[bytes], source: str = "ticketure"
+    settings: Settings,
+    values: Sequence[bytes],
+    source: str = "ticketure",
+    *,
+    spread: bool = False,
 ) -> list[tuple[int, int]]:
     """Write ``values`` to the batches topic, keyed and with headers as the map stage does.
 
-    Returns (partition, offset) of each value, in order.
+    ``spread``: value ``i`` goes to partition ``i % topics.partitions`` (the keys alone
+    leave a partition of three empty). Returns (partition, offset) of each value, in order.
     """
     topic = Topics.for_prefix(settings.topic_prefix).batches
     producer = kafka.producer(settings.kafka)
@@ -88,6 +93,7 @@ async def produce(
                 topic,
                 value,
                 key=f"user-{i % 5}".encode(),
+                partition=i % settings.topics.partitions if spread else None,
                 headers=[
                     (kafka.H_SOURCE, source.encode()),
                     (kafka.H_ITEM_ID, str(i).encode()),

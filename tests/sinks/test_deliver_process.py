@@ -1,7 +1,9 @@
-"""A real `streamproc deliver` process killed with SIGKILL mid-request, then restarted."""
+"""Real `streamproc deliver` processes: killed with SIGKILL mid-stream, or two sharing a feed."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import aiohttp
@@ -12,7 +14,7 @@ from streamproc.config import Settings
 from streamproc.localkafka import free_port
 from streamproc.sim.mparticle import MParticleSim
 from streamproc.sim.mparticle_control import Control
-from tests.procs import Proc, settings_env, wait_for
+from tests.procs import Proc, scraped, settings_env, wait_for
 from tests.sinks.support import (
     API_KEY,
     API_SECRET,
@@ -24,6 +26,8 @@ from tests.sinks.support import (
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+RATE_GAUGE = "streamproc_deliver_rate_limit_batches_per_second"
 
 
 async def test_sigkill_mid_request_then_restart_loses_nothing(
@@ -66,3 +70,47 @@ async def test_sigkill_mid_request_then_restart_loses_nothing(
     assert stats.duplicates > 0
     assert stats.duplicates_differing == 0
     assert stats.batches_received == 500 + stats.duplicates
+
+
+async def test_two_deliverers_stay_within_the_feed_limit_together(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """Two replicas of a 50 batches/s feed take 1/3 and 2/3 of it; mParticle gets <= 50/s."""
+    feed = 50.0
+    values = [encode(make_batch(i)) for i in range(1500)]
+    async with MParticleSim(
+        api_key=API_KEY, api_secret=API_SECRET, rate_limit_batches_per_s=None
+    ) as sim:
+        settings = deliver_settings(kafka_settings, sim, rate_limit_batches_per_s=feed)
+        ports = [free_port(), free_port()]
+        procs = [
+            Proc(
+                ["deliver"],
+                settings_env(settings, STREAMPROC_METRICS_PORT=str(port)),
+                tmp_path / f"deliver-{port}.log",
+            )
+            for port in ports
+        ]
+        try:
+
+            async def shares() -> list[float | None]:
+                return [await scraped(port, RATE_GAUGE) for port in ports]
+
+            async def split() -> bool:
+                rates = await shares()
+                return all(rates) and sum(r or 0 for r in rates) == pytest.approx(feed)
+
+            await wait_for(split, 60, what="both deliverers holding partitions")
+            assert sorted(r or 0 for r in await shares()) == pytest.approx([feed / 3, feed * 2 / 3])
+            await produce(settings, values, spread=True)
+            await wait_for(lambda: sim.stats.batches_received > 0, 30, what="first deliveries")
+            start = int(time.time()) + 1
+            await asyncio.sleep(start + 4.2 - time.time())
+            per_second = [sim.stats.arrived_by_second.get(s, 0) for s in range(start, start + 4)]
+        finally:
+            codes = [proc.terminate() for proc in procs]
+        assert codes == [0, 0], [proc.output()[-2000:] for proc in procs]
+    # A token bucket of one second's worth: in 4 s at most 4 s of the rate plus the bucket.
+    assert sum(per_second) <= feed * 4 + feed, per_second
+    assert sum(per_second) >= feed * 4 * 0.7, per_second  # both kept sending meanwhile
+    assert sim.stats.batches_stored < len(values)  # and never ran out of batches

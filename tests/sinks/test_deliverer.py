@@ -333,11 +333,45 @@ def test_the_mparticle_settings_reach_the_deliverer(kafka_settings: Settings) ->
         auth_retry_s=5.0,
         max_retries=3,
         shutdown_timeout_s=4.0,
+        retry_after_max_s=7.0,
     )
     deliverer = Deliverer(settings)
     assert deliverer.sender.backoff_base_s == 0.3
+    assert deliverer.sender.retry_after_max_s == 7.0
     assert deliverer.sender.auth_retry_s == 5.0
     assert deliverer.sender.max_retries == 3
     assert deliverer.shutdown_timeout_s == 4.0
     unlimited = Deliverer(deliver_settings(kafka_settings, sim, max_retries=0))
     assert unlimited.sender.max_retries is None  # 0: retried without limit
+
+
+async def test_a_429_pauses_every_slot_and_the_refused_request_goes_first(
+    kafka_settings: Settings,
+) -> None:
+    """After one slot's 429 (Retry-After 2), no slot sends for 2 s; the refused one goes first."""
+    values = [encode(make_batch(i)) for i in range(3000)]
+    async with MParticleSim(
+        api_key=API_KEY, api_secret=API_SECRET, latency_s=0.2, rate_limit_batches_per_s=None
+    ) as sim:
+        settings = deliver_settings(kafka_settings, sim, max_in_flight=4)
+        await produce(settings, values)
+        async with running(settings) as d:
+            await wait_for(lambda: sim.stats.in_flight >= 3, 30, 0.01, "several slots busy")
+            sim.fail_next(429, retry_after_s=2)
+            await wait_for(lambda: sim.stats.answers.get("429", 0) == 1, 10, 0.01, "the 429")
+            await asyncio.sleep(1.0)
+            assert d.limiter.paused_for() > 0.5
+            assert sim.stats.in_flight == 0  # no slot sends while paused
+            await wait_for(lambda: sim.stats.batches_stored == 3000, 60, what="all batches")
+            await wait_for(lambda: all_committed(settings, d.group_id), 20, what="commits")
+    arrivals = sorted(sim.requests(), key=lambda a: a.arrived_at)
+    (refused,) = [a for a in arrivals if a.status == "429"]
+    after = [a for a in arrivals if a.arrived_at > refused.answered_at]
+    assert after[0].ids == refused.ids
+    assert after[0].status == "202"
+    assert after[0].arrived_at - refused.answered_at >= 2.0
+    # Other slots had requests in flight as the 429 came: those were answered as usual.
+    others = [a for a in arrivals if a.arrived_at < refused.answered_at < a.answered_at]
+    assert others
+    assert {a.status for a in others} == {"202"}
+    assert sim.stats.duplicates == 0

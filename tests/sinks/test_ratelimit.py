@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
@@ -81,3 +83,72 @@ def test_rate_must_be_positive() -> None:
     """A zero rate is a configuration error, not an endless wait."""
     with pytest.raises(ValueError, match="positive"):
         AdaptiveRateLimiter(0)
+
+
+async def test_a_pause_stops_the_bucket_filling() -> None:
+    """Nothing accrues while paused: after a 5 s pause, 100 batches at 100/s wait 1 s more."""
+    lim, t = limiter(100)
+    await lim.acquire(100)
+    lim.pause(5.0)
+    assert lim.paused_for() == pytest.approx(5.0)
+    await lim.acquire(100)
+    assert t.now == pytest.approx(6.0)
+    assert lim.paused_for() == 0
+
+
+async def test_a_pause_holds_every_acquirer_and_the_refused_request_goes_first() -> None:
+    """Acquirers waiting before a refused one all wait the pause, and it goes before them."""
+    loop = asyncio.get_running_loop()
+    lim = AdaptiveRateLimiter(10_000)
+    order: list[tuple[str, float]] = []
+
+    async def send(name: str, *, first: bool = False) -> None:
+        await lim.acquire(1, first=first)
+        order.append((name, loop.time()))
+
+    lim.pause(0.3)
+    paused_at = loop.time()
+    waiting = [asyncio.create_task(send(f"slot-{i}")) for i in range(3)]
+    await asyncio.sleep(0.05)  # they queue, the first one sleeping the pause
+    refused = asyncio.create_task(send("refused", first=True))
+    await asyncio.wait_for(asyncio.gather(*waiting, refused), 5)
+    assert [name for name, _ in order] == ["refused", "slot-0", "slot-1", "slot-2"]
+    assert min(at for _, at in order) - paused_at >= 0.3
+
+
+async def test_a_longer_pause_stands_and_a_cancelled_waiter_leaves_no_trace() -> None:
+    """A shorter pause does not cut a longer one; a cancelled acquirer frees its turn."""
+    lim, _ = limiter(100)
+    lim.pause(10.0)
+    lim.pause(2.0)
+    assert lim.paused_for() == pytest.approx(10.0)
+    real = AdaptiveRateLimiter(10_000)
+    real.pause(0.2)
+    stuck = asyncio.create_task(real.acquire(1))
+    queued = asyncio.create_task(real.acquire(1, first=True))
+    await asyncio.sleep(0.01)
+    queued.cancel()
+    stuck.cancel()
+    await asyncio.gather(stuck, queued, return_exceptions=True)
+    await asyncio.wait_for(real.acquire(1), 1)  # the turn is free again
+    assert real.paused_for() == 0
+
+
+async def test_the_share_scales_the_rate_and_the_gauge() -> None:
+    """A share of the partitions takes that share of the feed's rate, adapted as before."""
+    lim, t = limiter(270, share=2 / 6)
+    assert lim.rate == pytest.approx(90)
+    assert metric("streamproc_deliver_rate_limit_batches_per_second") == pytest.approx(90)
+    lim.on_rate_limited()
+    assert lim.rate == pytest.approx(45)
+    lim.set_share(3 / 6)  # a rebalance: the halving is kept
+    assert lim.rate == pytest.approx(67.5)
+    assert lim.max_rate == pytest.approx(135)
+    lim.set_share(0)
+    assert metric("streamproc_deliver_rate_limit_batches_per_second") == 0
+    lim.set_share(1)
+    t.now += 1000
+    lim.on_accepted(None)
+    assert lim.rate == pytest.approx(270)
+    with pytest.raises(ValueError, match="share"):
+        lim.set_share(1.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
@@ -290,3 +291,20 @@ async def test_other_4xx_is_retried_not_dead_lettered(
     assert parked.items == []
     assert sim.stats.batches_stored == 10
     assert metric("streamproc_deliver_retries_total", reason="client_error") == before + 2
+
+
+async def test_a_huge_retry_after_is_cut_to_the_cap(
+    sim: MParticleSim, client: MParticleClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retry-After: 99999999 waits retry_after_max_s (logged as over it), then lands."""
+    sim.fail_next(429, retry_after_s=99999999)
+    s = sender(client, retry_after_max_s=0.3)
+    with caplog.at_level(logging.WARNING, logger="streamproc.sinks.mparticle.sender"):
+        await asyncio.wait_for(s.send(batches(3), Parked()), 10)
+    refused, retried = sim.requests()
+    assert (refused.status, retried.status) == ("429", "202")
+    assert retried.ids == refused.ids == [request_id(i) for i in range(3)]
+    assert 0.3 <= retried.arrived_at - refused.answered_at < 1.5
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("99999999 s" in m and "mparticle.retry_after_max_s" in m for m in warned), warned
+    assert sim.stats.batches_stored == 3

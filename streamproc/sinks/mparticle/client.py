@@ -17,6 +17,7 @@ import msgspec
 from streamproc import metrics
 from streamproc.errors import TransportError, http_error, parse_retry_after
 from streamproc.lifecycle import Service
+from streamproc.redact import mask_url
 
 BULK_PATH = "/v2/bulkevents"
 H_PERCENT_USED = "X-mp-rate-limit-percentage-used"
@@ -62,7 +63,7 @@ class MParticleClient(Service):
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
-        return f"MParticleClient({self.url!r})"
+        return f"MParticleClient({mask_url(self.url)!r})"
 
     async def start(self) -> None:
         if self._session is not None:

@@ -5,6 +5,11 @@ are out at once, each carried to its end by :class:`.Sender`. Offsets are commit
 partition only up to the contiguous prefix of records that mParticle accepted or that were
 dead-lettered (:mod:`.offsets`); nothing else moves them.
 
+- The rate limit is the feed's (mParticle's limits are per API key): on every rebalance
+  the deliverer takes the share of it that its partitions are of the topic's, so the
+  group stays within it however many members it has. A request is at most one second of
+  that share (and 100 batches).
+
 - While every slot is busy the loop tops up a queue of up to ``read_ahead`` packed requests
   from what is already fetched. aiokafka fetches a partition again only once what it fetched
   before is consumed, so this queue is what keeps requests going out while the next fetch
@@ -38,6 +43,7 @@ from streamproc.config import Settings
 from streamproc.dlq import DeadLetter
 from streamproc.health import Health
 from streamproc.lifecycle import Service, cancel_and_wait
+from streamproc.redact import mask_url
 from streamproc.sinks.mparticle.batcher import (
     MAX_BATCH_BYTES,
     MAX_BATCHES,
@@ -123,13 +129,15 @@ class Deliverer(Service):
             timeout_s=mp.request_timeout_s,
             max_connections=self.max_in_flight,
         )
-        self.limiter = AdaptiveRateLimiter(mp.rate_limit_batches_per_s)
+        # No share of the feed's rate until partitions are assigned.
+        self.limiter = AdaptiveRateLimiter(mp.rate_limit_batches_per_s, share=0.0)
         self.sender = Sender(
             self.client,
             self.limiter,
             health=self.health,
             backoff_base_s=mp.backoff_base_s if backoff_base_s is None else backoff_base_s,
             backoff_max_s=mp.backoff_max_s,
+            retry_after_max_s=mp.retry_after_max_s,
             auth_retry_s=mp.auth_retry_s if auth_retry_s is None else auth_retry_s,
             # mparticle.max_retries 0 means no limit.
             max_retries=max_retries if max_retries is not None else (mp.max_retries or None),
@@ -172,7 +180,10 @@ class Deliverer(Service):
         self._main = asyncio.create_task(self._run(self._consumer), name="deliver")
         self.health.set(COMPONENT, True)
         log.info(
-            "delivering %s to %s (group %s)", self.topics.batches, self.client.url, self.group_id
+            "delivering %s to %s (group %s)",
+            self.topics.batches,
+            mask_url(self.client.url),
+            self.group_id,
         )
 
     async def stop(self) -> None:
@@ -242,7 +253,8 @@ class Deliverer(Service):
         generation = self._generation
         # No more than the read-ahead queue has room for (by count: a request of batches
         # over ~2.6 KB fills by size first, and one fetch may then complete a few more).
-        room = (self.read_ahead - len(self._ready)) * MAX_BATCHES - len(self._batcher)
+        free = self.read_ahead - len(self._ready)
+        room = free * self._batcher.max_batches - len(self._batcher)
         data = await consumer.getmany(
             timeout_ms=int(timeout_s * 1000), max_records=max(1, min(room, self.max_poll_records))
         )
@@ -399,6 +411,7 @@ class Deliverer(Service):
         await self._abandon()
         self._generation += 1
         self._tracker.clear()
+        self._take_share(set())
         if revoked:
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
@@ -411,3 +424,30 @@ class Deliverer(Service):
         self._paused = False
         self._rebalancing = False
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        self._take_share(assigned)
+
+    def _take_share(self, assigned: set[TopicPartition]) -> None:
+        """Take the feed's rate in proportion to the partitions held, and size requests.
+
+        With every member doing so, the group's shares add up to the feed's rate at most
+        (a member beyond the partition count gets none).
+        """
+        topic = self.topics.batches
+        mine = sum(1 for tp in assigned if tp.topic == topic)
+        known = self._consumer.partitions_for_topic(topic) if self._consumer else None
+        total = max(len(known or ()), mine) or self.settings.topics.partitions
+        self.limiter.set_share(mine / total)
+        # A request of at most one second of the share: mParticle counts batches per
+        # second, and a larger request would land as a burst over it.
+        burst = int(self.limiter.max_rate * self.limiter.burst_s)
+        self._batcher.max_batches = max(1, min(MAX_BATCHES, burst))
+        if assigned:
+            log.info(
+                "rate limit: %d of %d partitions, %.1f of the feed's %.0f batches/s; "
+                "requests of at most %d batches",
+                mine,
+                total,
+                self.limiter.max_rate,
+                self.limiter.feed_rate,
+                self._batcher.max_batches,
+            )

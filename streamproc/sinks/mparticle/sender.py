@@ -1,7 +1,9 @@
 """One bulk request carried to its end: every batch delivered or dead-lettered, none dropped.
 
 - 202: delivered.
-- 429: wait ``Retry-After`` (else backoff with jitter) and lower the client rate.
+- 429: every request of the process waits ``Retry-After`` (at most ``retry_after_max_s``;
+  else backoff with jitter), since mParticle's limits are the API key's: the limiter
+  pauses, the refused request goes first after the pause, and the client rate is lowered.
 - 5xx, timeouts, refused connections: exponential backoff with jitter, without limit by
   default (``max_retries``), then the request is sent again byte for byte.
 - 400, 413, 422: the request is split in halves, recursively, until the batches mParticle
@@ -22,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from streamproc import metrics
-from streamproc.backoff import Backoff
+from streamproc.backoff import RETRY_AFTER_MAX_S, Backoff
 from streamproc.errors import (
     AuthError,
     BadRequest,
@@ -34,6 +36,7 @@ from streamproc.errors import (
 from streamproc.health import Health
 from streamproc.kafka import H_ITEM_TIME, H_SOURCE
 from streamproc.metrics import AgeSeries
+from streamproc.redact import mask_url
 from streamproc.sinks.mparticle.batcher import Batch, request_body, where
 from streamproc.sinks.mparticle.client import MParticleClient
 from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
@@ -89,6 +92,7 @@ class Sender:
         health: Health,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 60.0,
+        retry_after_max_s: float = RETRY_AFTER_MAX_S,
         auth_retry_s: float = 30.0,
         max_retries: int | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -98,6 +102,7 @@ class Sender:
         self.health = health
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.retry_after_max_s = retry_after_max_s
         self.auth_retry_s = auth_retry_s
         self.max_retries = max_retries
         self._sleep = sleep
@@ -121,10 +126,17 @@ class Sender:
         """
         body = request_body(batches)
         # A shared generator: a Random() per request would seed from os.urandom each time.
-        backoff = Backoff(self.backoff_base_s, self.backoff_max_s, rng=self._rng)
+        backoff = Backoff(
+            self.backoff_base_s,
+            self.backoff_max_s,
+            rng=self._rng,
+            retry_after_max_s=self.retry_after_max_s,
+        )
         failures = 0
+        refused = False  # by a 429: sent first once the pause ends
         while True:
-            await self.limiter.acquire(len(batches))
+            await self.limiter.acquire(len(batches), first=refused)
+            refused = False
             try:
                 answer = await self.client.post_bulk(body)
             except AuthError as exc:
@@ -150,25 +162,38 @@ class Sender:
                 if self.max_retries is not None and failures > self.max_retries:
                     await self._give_up(batches, failures, exc, dead_letter)
                     return
-                delay = self._retry_delay(exc, backoff)
-                await self._sleep(delay)
+                if isinstance(exc, RateLimited):
+                    # The API key's limit: every slot waits, in the limiter.
+                    self.limiter.pause(self._rate_limited(exc, backoff))
+                    refused = True
+                else:
+                    await self._sleep(self._retry_delay(exc, backoff))
                 continue
             self._auth_accepted()
             self.limiter.on_accepted(answer.percent_used)
             self._delivered(batches, times)
             return
 
-    def _retry_delay(self, exc: StreamprocError, backoff: Backoff) -> float:
-        if isinstance(exc, RateLimited):
-            self.limiter.on_rate_limited()
-            delay = backoff.next(exc.retry_after)
-            metrics.DL_RETRIES.labels("rate_limited").inc()
-            log.info(
-                "mParticle rate limit (429): retry in %.2f s at %.0f batches/s",
+    def _rate_limited(self, exc: RateLimited, backoff: Backoff) -> float:
+        """The pause a 429 asks for: its Retry-After up to the cap, else the backoff."""
+        self.limiter.on_rate_limited()
+        delay = backoff.next(exc.retry_after)
+        metrics.DL_RETRIES.labels("rate_limited").inc()
+        if backoff.over_cap(exc.retry_after):
+            log.warning(
+                "mParticle asks to wait %.0f s (Retry-After), over mparticle.retry_after_max_s: "
+                "waiting %.0f s",
+                exc.retry_after,
                 delay,
-                self.limiter.rate,
             )
-            return delay
+        log.info(
+            "mParticle rate limit (429): every request waits %.2f s, then %.0f batches/s",
+            delay,
+            self.limiter.rate,
+        )
+        return delay
+
+    def _retry_delay(self, exc: StreamprocError, backoff: Backoff) -> float:
         delay = backoff.next()
         reason = "server_error" if isinstance(exc, ServerError) else "transport"
         metrics.DL_RETRIES.labels(reason).inc()
@@ -229,7 +254,7 @@ class Sender:
             "mParticle answers HTTP %d for %s: check mparticle.base_url; nothing is dropped, "
             "retrying every %.0f s",
             exc.status,
-            self.client.url,
+            mask_url(self.client.url),
             self.auth_retry_s,
         )
 
