@@ -196,21 +196,21 @@ def test_dashboard_is_valid_with_unique_panel_ids() -> None:
 
 
 def test_dashboard_datasource_is_the_templated_variable() -> None:
-    """Every panel and query reads from the ${DS_PROMETHEUS} data source variable."""
+    """Every panel and query reads from the ${datasource} data source variable."""
     data = dashboard()
     variables = {v["name"]: v for v in data["templating"]["list"]}
-    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
-    assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
     for panel in all_panels(data["panels"]):
         if panel["type"] == "row":
             continue
         for where in (panel, *panel["targets"]):
-            assert where["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, panel[
+            assert where["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel[
                 "title"
             ]
     for name, var in variables.items():
         if var["type"] == "query":
-            assert var["datasource"]["uid"] == "${DS_PROMETHEUS}", name
+            assert var["datasource"]["uid"] == "${datasource}", name
 
 
 def test_dashboard_uses_only_streamproc_metrics() -> None:
