@@ -213,9 +213,9 @@ RX_CONNECTIONS = Gauge("streamproc_receiver_connections", "Open connections to t
 RX_DROPPED = Counter(
     "streamproc_receiver_connections_dropped_total",
     "Connections the receiver refused or ended, by reason (over_capacity: answered 503 past "
-    "max_connections; idle_evicted: idle, closed for a new one past max_connections; "
-    "header_timeout; body_timeout: answered 408; accept_error: accept() failed, e.g. out "
-    "of file descriptors).",
+    "max_connections, all busy; idle_evicted, head_evicted: idle, or waiting for a request "
+    "head, closed for a new one past max_connections; header_timeout; body_timeout: "
+    "answered 408; accept_error: accept() failed, e.g. out of file descriptors).",
     ["reason"],
 )
 RX_UNKNOWN_ATTRIBUTES = Counter(

@@ -7,9 +7,13 @@ headers, and cancels the handler of a client that went away. :class:`Listener` a
 it lacks:
 
 - at most ``max_connections`` open at once: one more takes the place of the connection
-  idle the longest between requests (closed, ``idle_evicted``), else it is answered 503
-  with ``Retry-After`` at once and closed (``over_capacity``) instead of waiting in the
-  backlog;
+  idle the longest between requests (closed, ``idle_evicted``), else of the one that has
+  waited the longest for a request head (``head_evicted``), else, every connection being
+  busy with a request, it is answered 503 with ``Retry-After`` at once and closed
+  (``over_capacity``) instead of waiting in the backlog. So clients that hold
+  connections without sending requests, which anyone can, never keep a new one out: a
+  request whose head comes at once is only lost to ``max_connections`` newer arrivals
+  within those milliseconds;
 - a request head must be complete within ``header_timeout_s`` of the connection's start,
   or of the first byte of a later request on a kept-alive connection, else the connection
   is closed (``header_timeout``): silent and slowloris clients go in seconds, not at the
@@ -51,6 +55,7 @@ _DROPPED = {
     for reason in (
         "over_capacity",
         "idle_evicted",
+        "head_evicted",
         "header_timeout",
         "body_timeout",
         "accept_error",
@@ -64,14 +69,19 @@ def dropped(reason: str) -> None:
 
 
 def fd_usage() -> tuple[int, int] | None:
-    """(open file descriptors, RLIMIT_NOFILE's soft limit) of this process, if known."""
+    """(open file descriptors, RLIMIT_NOFILE's soft limit) of this process, if known.
+
+    Counting them takes a descriptor: when none is left, every one is in use.
+    """
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return None
     try:
-        count = len(os.listdir("/proc/self/fd"))
-    except OSError:  # no /proc (not Linux)
-        return None
+        count = len(os.listdir("/proc/self/fd")) - 1  # not the one listdir opened
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return soft, soft
+        return None  # no /proc (not Linux)
     return count, soft
 
 
@@ -115,6 +125,7 @@ class _Guarded(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._arm()
+        self._listener.moved(self)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -234,8 +245,13 @@ class Listener:
         self._factory = factory
         self._refusal = _refusal(retry_after)
         self._open = 0
-        # Connections idle between requests, the longest idle first: the first to go.
-        self._idle: collections.OrderedDict[_Guarded, None] = collections.OrderedDict()
+        # The connections that may make room for a new one past the cap, by state, each in
+        # the order it entered that state: the first to go is the longest idle, else the
+        # one waiting the longest for a request head. Busy ones are not in either.
+        self._evictable: dict[State, collections.OrderedDict[_Guarded, None]] = {
+            "idle": collections.OrderedDict(),
+            "head": collections.OrderedDict(),
+        }
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
@@ -285,26 +301,30 @@ class Listener:
         self._restore_handler()
 
     def released(self, guard: _Guarded) -> None:
-        self._idle.pop(guard, None)
+        for waiting in self._evictable.values():
+            waiting.pop(guard, None)
         self._open -= 1
         metrics.RX_CONNECTIONS.dec()
 
     def moved(self, guard: _Guarded) -> None:
-        """``guard`` changed its state: keep the idle ones in the order they went idle."""
-        if guard.state == "idle":
-            self._idle[guard] = None
-        else:
-            self._idle.pop(guard, None)
+        """``guard`` entered its state: it goes last in that state's order."""
+        for state, waiting in self._evictable.items():
+            if state == guard.state:
+                waiting[guard] = None
+            else:
+                waiting.pop(guard, None)
 
     def _protocol(self) -> asyncio.Protocol:
         if self._open >= self.max_connections:
-            if not self._idle:
+            # Closing a connection that sends no request costs its client a reconnect;
+            # a refusal costs a push.
+            state: State = "idle" if self._evictable["idle"] else "head"
+            if not self._evictable[state]:
                 dropped("over_capacity")
                 return _Refused(self._refusal)
-            # An idle connection costs its client a reconnect; a refusal, a push.
-            idle, _ = self._idle.popitem(last=False)
-            dropped("idle_evicted")
-            idle.close()
+            victim, _ = self._evictable[state].popitem(last=False)
+            dropped(f"{state}_evicted")
+            victim.close()
         # Counted here, not at connection_made: a burst of accepts in one loop tick
         # creates every protocol before any connection is made.
         self._open += 1

@@ -4,6 +4,7 @@ real pushes go on; the connection cap; the file descriptor budget and accept() f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -112,39 +113,53 @@ async def test_slow_clients_are_closed_in_time_while_pushes_go_on(quick: Receive
     await wait_for(lambda: metric("streamproc_receiver_connections") <= open_before, 5)
 
 
-async def test_past_max_connections_503_or_an_idle_connection_makes_room(
+async def test_past_max_connections_a_new_one_replaces_an_idle_or_slow_one_else_503(
     kafka_settings: Settings,
 ) -> None:
-    """With 5 connections waiting for a head, a sixth is answered 503 with Retry-After
-    and closed; once they time out a push is taken; 5 idle kept-alive connections make
-    room for a new one, the longest idle closed."""
-    settings = receiver_settings(kafka_settings, max_connections=5, header_timeout_s=HEADER_S)
-    over_before, evicted_before = dropped("over_capacity"), dropped("idle_evicted")
-    async with Receiver(settings, host="127.0.0.1", port=0) as rx:
-        waiting = [await Conn.open(rx.port) for _ in range(5)]
-        await asyncio.sleep(0.1)
-        sixth = await Conn.open(rx.port)
-        status, headers, answer = await sixth.answer(timeout_s=2)
-        assert (status, headers["retry-after"]) == (503, "1")
-        assert orjson.loads(answer)["errors"][0]["code"] == "SERVICE_UNAVAILABLE"
-        assert await sixth.closed_within(2)
-        sixth.close()
-        assert dropped("over_capacity") == over_before + 1
-        for conn in waiting:
-            assert await conn.closed_within(HEADER_S + SLACK_S)
+    """With 5 connections open: a sixth replaces the longest idle one, else the one waiting
+    longest for its head, and its push is taken; when all 5 are busy (bodies coming
+    slowly) it is answered 503 with Retry-After and closed."""
+    settings = receiver_settings(kafka_settings, max_connections=5, body_timeout_s=BODY_S)
+    before = {r: dropped(r) for r in ("over_capacity", "idle_evicted", "head_evicted")}
+    body = orjson.dumps(ticket())
+    request = head("/ticketure/events", BASIC, len(body)) + body
+
+    async def newcomer_taken() -> bool:
+        conn = await Conn.open(rx.port)
+        try:
+            await conn.send(request)
+            return (await conn.answer())[0] == 202
+        finally:
             conn.close()
-        body = orjson.dumps(ticket())
+
+    async with Receiver(settings, host="127.0.0.1", port=0) as rx:
         idle = [await Conn.open(rx.port) for _ in range(5)]
         for conn in idle:
-            await conn.send(head("/ticketure/events", BASIC, len(body)) + body)
+            await conn.send(request)
             assert (await conn.answer())[0] == 202
-        newcomer = await Conn.open(rx.port)
-        await newcomer.send(head("/ticketure/events", BASIC, len(body)) + body)
-        assert (await newcomer.answer())[0] == 202
-        assert await idle[0].closed_within(2)
-        assert dropped("idle_evicted") == evicted_before + 1
-        for conn in [*idle, newcomer]:
+        assert await newcomer_taken()
+        assert await idle[0].closed_within(2)  # the longest idle made room
+        silent = [await Conn.open(rx.port) for _ in range(5)]
+        await asyncio.sleep(0.2)  # the other idle ones made room for these
+        assert await newcomer_taken()
+        assert await silent[0].closed_within(2)  # the one waiting longest for a head
+        busy = [await Conn.open(rx.port) for _ in range(5)]
+        for conn in busy:  # a head, then the body never comes
+            await conn.send(head("/ticketure/events", BASIC, len(body)) + body[:5])
+        await asyncio.sleep(0.2)
+        refused = await Conn.open(rx.port)
+        status, headers, answer = await refused.answer(timeout_s=2)
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert orjson.loads(answer)["errors"][0]["code"] == "SERVICE_UNAVAILABLE"
+        assert await refused.closed_within(2)
+        for conn in busy:  # answered 408 once the body timeout is over: room again
+            assert (await conn.answer(BODY_S + SLACK_S))[0] == 408
+        assert await newcomer_taken()
+        for conn in [*idle, *silent, *busy, refused]:
             conn.close()
+    assert dropped("idle_evicted") >= before["idle_evicted"] + 5
+    assert dropped("head_evicted") >= before["head_evicted"] + 1
+    assert dropped("over_capacity") == before["over_capacity"] + 1
 
 
 async def test_readyz_says_not_ready_when_open_files_near_the_limit(
@@ -162,10 +177,11 @@ async def test_readyz_says_not_ready_when_open_files_near_the_limit(
 
 
 async def ready(port: int) -> bool:
-    """Whether /readyz answers 200 within 3 s (out of files, it may not answer at all)."""
+    """Whether /readyz answers 200 within 1 s, as a probe wants it (out of files, the
+    receiver may not even accept the probe)."""
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http,
             http.get(f"http://127.0.0.1:{port}/readyz") as response,
         ):
             return response.status == 200
@@ -173,20 +189,18 @@ async def ready(port: int) -> bool:
         return False
 
 
-async def not_ready(port: int) -> bool:
-    return not await ready(port)
-
-
 @pytest.mark.slow
 async def test_out_of_files_accept_errors_are_logged_once_per_burst(
     rx_settings: Settings, tmp_path: Path
 ) -> None:
-    """`streamproc receive` under a 160-file limit and 400 connections at once: /readyz
-    stops answering 200, accept() failures are logged once for the burst (no traceback);
-    once the connections are gone it is ready again and takes pushes."""
+    """`streamproc receive` under a 160-file limit, 400 connections at once that each start
+    a request and leave its body unsent: the cap (lowered to 96 by the limit) is full of
+    busy connections, refusals take the rest of the files, /readyz stops answering 200,
+    accept() failures are logged once for the burst (no traceback); once the connections
+    are gone it is ready again and takes pushes."""
     port, metrics_port = localkafka.free_port(), localkafka.free_port()
     receiver = msgspec.structs.replace(
-        rx_settings.receiver, host="127.0.0.1", port=port, header_timeout_s=3.0
+        rx_settings.receiver, host="127.0.0.1", port=port, body_timeout_s=3.0
     )
     settings = msgspec.structs.replace(
         rx_settings, metrics_host="127.0.0.1", metrics_port=metrics_port, receiver=receiver
@@ -205,10 +219,23 @@ async def test_out_of_files_accept_errors_are_logged_once_per_burst(
     conns: list[Conn] = []
     try:
         await wait_for(lambda: ready(metrics_port), 60, what="/readyz")
+        body = orjson.dumps(ticket())
+        started = head("/ticketure/events", BASIC, len(body)) + body[:5]
+        readiness: list[bool] = []
+
+        async def probe() -> None:  # out of files only while the refusals linger
+            while True:
+                readiness.append(await ready(metrics_port))
+                await asyncio.sleep(0.1)
+
+        prober = asyncio.create_task(probe())
         for _ in range(400):
-            conns.append(await Conn.open(port))
-        await wait_for(lambda: not_ready(metrics_port), 20, what="/readyz not 200")
-        await asyncio.sleep(1)
+            conns.append(conn := await Conn.open(port))
+            with contextlib.suppress(OSError):  # refused already
+                await conn.send(started)
+        await asyncio.sleep(2.5)  # a probe stuck in the backlog has timed out by then
+        prober.cancel()
+        assert False in readiness, readiness
         for conn in conns:
             conn.close()
         await wait_for(lambda: ready(metrics_port), 30, what="/readyz 200 again")
