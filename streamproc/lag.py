@@ -38,7 +38,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from streamproc import kafka, metrics, topics
 from streamproc.config import Settings
@@ -203,7 +203,7 @@ class LagMonitor(Service):
                 records = batch.get(tp)
                 if records:
                     found[tp] = (records[0].offset, records[0].timestamp)
-                elif await consumer.position(tp) >= ends[tp]:
+                elif await _position(consumer, tp) >= ends[tp]:
                     found[tp] = _NOTHING
                 else:
                     continue
@@ -213,3 +213,13 @@ class LagMonitor(Service):
 
 
 _NOTHING = (-1, -1)  # no readable record between the position and the end offset
+
+
+async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+    """The reader's position, or -1 while aiokafka has none to give (an assignment being
+    updated): the partition is then simply not settled yet in this peek."""
+    try:
+        position: int = await consumer.position(tp)
+    except IllegalStateError:
+        return -1
+    return position
