@@ -68,6 +68,10 @@ class Limits:
             value: AttributeValue
             if isinstance(raw, str):
                 value = self.value(raw)
+            elif isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) > 2**53:
+                # JSON readers take numbers as doubles: past 2**53 digits are lost (and
+                # past 1e308 it is no number at all), so such an id travels as text.
+                value = self.value(str(raw))
             elif isinstance(raw, float) and not math.isfinite(raw):
                 self.count("invalid_value")
                 continue
