@@ -74,6 +74,9 @@ class LagMonitor(Service):
         self._pinned: dict[TopicPartition, tuple[int, float]] = {}  # (LSO, since monotonic)
         self._task: asyncio.Task[None] | None = None
         self._retention_s: dict[str, tuple[float, float]] = {}  # topic: (seconds, read at)
+        # One sample at a time: a peek assigns, seeks and unassigns the shared consumer, so
+        # a second peek running beside it would lose its assignment and never settle.
+        self._sampling = asyncio.Lock()
 
     async def start(self) -> None:
         if self._task is not None:
@@ -126,6 +129,10 @@ class LagMonitor(Service):
 
     async def sample(self) -> dict[TopicPartition, tuple[int, float, float]]:
         """One reading: ``{partition: (lag records, lag seconds, headroom seconds)}``."""
+        async with self._sampling:
+            return await self._sample()
+
+    async def _sample(self) -> dict[TopicPartition, tuple[int, float, float]]:
         if self._admin is None or self._consumer is None or self._probe is None:
             raise RuntimeError("LagMonitor.sample() before start()")
         consumer = self._consumer

@@ -137,6 +137,26 @@ async def test_a_drained_transactional_topic_lags_zero_records(
         await consumer.stop()
 
 
+async def test_samples_side_by_side_both_settle(
+    kafka_settings: Settings, unique: Callable[[str], str]
+) -> None:
+    """A caller's sample beside the monitor's own: both read the same lag (one consumer is
+    shared, so they take turns; a second peek once lost its assignment to the first)."""
+    topic = Topics.for_prefix(kafka_settings.topic_prefix).batches
+    tp = TopicPartition(topic, 0)
+    producer = kafka.producer(kafka_settings.kafka)
+    await producer.start()
+    try:
+        for _ in range(4):
+            await producer.send_and_wait(topic, b"x", partition=0)
+    finally:
+        await producer.stop()
+    monitor = LagMonitor(kafka_settings, unique("twice"), [topic], interval_s=60)
+    async with monitor:
+        readings = await asyncio.gather(*(monitor.sample() for _ in range(3)))
+    assert [reading[tp][0] for reading in readings] == [4, 4, 4]
+
+
 async def test_a_retention_change_shows_without_a_restart(
     kafka_settings: Settings, unique: Callable[[str], str]
 ) -> None:
