@@ -60,6 +60,9 @@ KNOWN_ATTRIBUTES: Mapping[str, frozenset[str]] = {
 }
 _NAME_IN_FIELD = 100  # characters of a peer's attribute name kept in a field path
 _DOCUMENTS = msgspec.json.Decoder(dict[str, Any] | list[Any])
+_RECORDS = msgspec.json.Decoder(AuditRecord | list[AuditRecord])
+_UNKNOWN_ATTRIBUTES = b"unknown_attributes"
+_NEW_ATTRIBUTE = re.compile(r"Object contains unknown field `.*` - at `\$(\[\d+\])?\.attributes`")
 
 
 def parse_occurred_at(text: str, field: str = "occurred_at") -> int:
@@ -135,17 +138,44 @@ def decode(body: bytes, request_id: str | None = None) -> Decoded:
     ``request_id`` is the request's idempotency key (see :mod:`.ids`). Nothing of a body
     is taken unless all of it is valid.
     """
-    document = decode_json(_DOCUMENTS, body, "body", invalid=field_of)
-    batched = isinstance(document, list)
-    documents = document if isinstance(document, list) else [document]
-    if not documents:
-        raise DecodeError("body", "an empty array holds no records")
-    accepted = [_record(doc, f"[{i}]." if batched else "") for i, doc in enumerate(documents)]
+    accepted = _typed(body) if _UNKNOWN_ATTRIBUTES not in body else None
+    if accepted is None:  # attributes without a field, or unknown_attributes sent
+        document = decode_json(_DOCUMENTS, body, "body", invalid=field_of)
+        batched = isinstance(document, list)
+        documents = document if isinstance(document, list) else [document]
+        if not documents:
+            raise DecodeError("body", "an empty array holds no records")
+        accepted = [_record(d, f"[{i}]." if batched else "") for i, d in enumerate(documents)]
     with_ids = ids.assign([(a.record, ids.Hints()) for a in accepted], request_id)
     return Decoded(
         [a._replace(record=r) for a, r in zip(accepted, with_ids, strict=True)],
         collections.Counter(),
     )
+
+
+def _typed(body: bytes) -> list[Accepted] | None:
+    """The body's records decoded straight into the structs, three times faster than
+    through :func:`_record`; None if a record has an attribute without a field (the
+    structs refuse it, :func:`_record` keeps it)."""
+    try:
+        decoded = decode_json(_RECORDS, body, "body", invalid=_unless_new_attribute)
+    except _NewAttribute:
+        return None
+    batched = isinstance(decoded, list)
+    records = decoded if isinstance(decoded, list) else [decoded]
+    if not records:
+        raise DecodeError("body", "an empty array holds no records")
+    return [_checked(r, f"[{i}]." if batched else "") for i, r in enumerate(records)]
+
+
+class _NewAttribute(Exception):
+    pass
+
+
+def _unless_new_attribute(exc: msgspec.ValidationError) -> DecodeError:
+    if _NEW_ATTRIBUTE.fullmatch(str(exc)):
+        raise _NewAttribute
+    return field_of(exc)
 
 
 def _record(doc: Any, where: str) -> Accepted:
@@ -163,9 +193,14 @@ def _record(doc: Any, where: str) -> Accepted:
         record: AuditRecord = msgspec.convert(doc, AuditRecord)
     except msgspec.ValidationError as exc:
         raise field_of(exc, where) from None
+    if unknown:
+        record = msgspec.structs.replace(record, unknown_attributes=unknown)
+    return _checked(record, where)
+
+
+def _checked(record: AuditRecord, where: str) -> Accepted:
+    """What the structs cannot check: the event id's length, the time's format."""
     if record.event_id is not None and not 0 < len(record.event_id) <= ids.MAX_ID_LENGTH:
         raise DecodeError(where + "event_id", f"must hold 1 to {ids.MAX_ID_LENGTH} characters")
     time_ms = parse_occurred_at(record.occurred_at, where + "occurred_at")
-    if unknown:
-        record = msgspec.structs.replace(record, unknown_attributes=unknown)
     return Accepted(record, time_ms, where.rstrip("."))

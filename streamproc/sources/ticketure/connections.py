@@ -181,11 +181,15 @@ class _Guarded(asyncio.Protocol):
 class _Refused(asyncio.Protocol):
     """A connection past the cap: the 503 at once, what comes dropped, closed soon."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, lingering: set[_Refused]) -> None:
         self._answer = answer
+        self._lingering = lingering  # the listener's, to close them when it closes
         self._closer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._lingering.add(self)
         if not isinstance(transport, asyncio.Transport):  # a TCP server's always is
             transport.close()
             return
@@ -202,6 +206,7 @@ class _Refused(asyncio.Protocol):
         return False  # both sides are done: close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lingering.discard(self)
         if self._closer is not None:
             self._closer.cancel()
 
@@ -228,8 +233,9 @@ class Listener:
     """Listens on ``host:port`` for ``factory`` (aiohttp's server) within the bounds above.
 
     ``start()`` binds and takes over the loop's exception handler for accept() failures
-    (anything else goes to the handler that was there); ``close()`` stops listening and
-    gives the handler back. Connections already open are the server's to close.
+    (anything else goes to the handler that was there); ``close()`` stops listening, closes
+    the refused connections still lingering and gives the handler back. Connections taken
+    are the server's to close.
     """
 
     def __init__(
@@ -252,6 +258,7 @@ class Listener:
             "idle": collections.OrderedDict(),
             "head": collections.OrderedDict(),
         }
+        self._lingering: set[_Refused] = set()
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
@@ -295,6 +302,9 @@ class Listener:
         if self._server is not None:
             self._server.close()
             self._server = None
+        for refused in list(self._lingering):
+            if refused.transport is not None:
+                refused.transport.close()
         if self._burst_check is not None:
             self._burst_check.cancel()
             self._burst_check = None
@@ -321,7 +331,7 @@ class Listener:
             state: State = "idle" if self._evictable["idle"] else "head"
             if not self._evictable[state]:
                 dropped("over_capacity")
-                return _Refused(self._refusal)
+                return _Refused(self._refusal, self._lingering)
             victim, _ = self._evictable[state].popitem(last=False)
             dropped(f"{state}_evicted")
             victim.close()

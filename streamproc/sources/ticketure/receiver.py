@@ -228,8 +228,9 @@ class Receiver(Service):
         if self._stopping:
             raise self._unavailable("the receiver is stopping", "stopping")
         headers = request.headers
-        # Whatever the headers can tell is checked before a byte of the body is read, and
-        # nothing but 401/403 is told before the sender is known.
+        # Whatever the headers can tell is checked before a byte of the body is read. Until
+        # its signature is checked, an hmac request is told nothing but 401/403, or that
+        # its body is too large, too slow or one too many (413, 408, 429): not even 415.
         method = verdict(self._auth.method(headers))
         if method == "basic":
             sender = verdict(self._auth.basic(headers))

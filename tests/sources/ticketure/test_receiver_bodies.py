@@ -25,6 +25,7 @@ def deep(levels: int) -> bytes:
 
 MP_ONE = orjson.dumps(mp_batch(mp_ticket(custom_attributes={"seller": "@@"})))
 OURS = orjson.dumps(ticket(email="@@"))
+OURS_NEW = orjson.dumps(ticket(attributes={"new": "@@"}))
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,8 @@ OURS = orjson.dumps(ticket(email="@@"))
             "too_deep",
         ),
         ("/ticketure/events", OURS.replace(b'"@@"', b'"Jos\xe9"'), "body", "not_json"),
-        ("/ticketure/events", OURS.replace(b'"@@"', deep(1000)), "body", "too_deep"),
+        ("/ticketure/events", OURS.replace(b'"@@"', deep(1000)), "email", "invalid"),
+        ("/ticketure/events", OURS_NEW.replace(b'"@@"', deep(1000)), "body", "too_deep"),
         (
             "/v2/events",
             MP_ONE.replace(b'"@@"', b'{"nested": 1}'),
@@ -53,7 +55,16 @@ OURS = orjson.dumps(ticket(email="@@"))
             "invalid",
         ),
     ],
-    ids=["mp-utf8", "mp-deep", "bulk-deep", "mp-deep-outside", "ours-utf8", "ours-deep", "nested"],
+    ids=[
+        "mp-utf8",
+        "mp-deep",
+        "bulk-deep",
+        "mp-deep-outside",
+        "ours-utf8",
+        "ours-deep-typed",
+        "ours-deep-new",
+        "nested",
+    ],
 )
 async def test_bodies_that_were_500s_are_400s_and_dead_lettered(
     receiver: Receiver,

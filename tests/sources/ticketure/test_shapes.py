@@ -63,7 +63,12 @@ def test_one_record_or_an_array() -> None:
         (b"\xff\xfe", "body", "not JSON"),
         (b"5", "body", "Expected `object | array`"),
         (b'{"type": "ticket_audit", "email": "Jos\xe9"}', "body", "not JSON"),
-        (b"[" * 5000 + b"]" * 5000, "body", "nested deeper"),
+        (b"[" * 5000 + b"]" * 5000, "[0]", "Expected `object`"),  # no deeper than [0]
+        (
+            b'{"type": "ticket_audit", "attributes": {"new": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+            "body",
+            "nested deeper",
+        ),
         (orjson.dumps([ticket(), 5]), "[1]", "Expected `object`"),
         (b"[]", "body", "empty array"),
         (orjson.dumps({"action": "purchased"}), "type", "required"),
