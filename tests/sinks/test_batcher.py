@@ -12,6 +12,7 @@ from streamproc.sinks.mparticle.batcher import (
     MAX_BATCH_BYTES,
     Batch,
     Batcher,
+    PartitionBatchers,
     Record,
     reject_reason,
     request_body,
@@ -182,3 +183,44 @@ def test_finished_all_marks_runs_of_several_partitions() -> None:
     )
     assert tracker.committable() == {TP: 2, other: 7}
     assert tracker.unfinished() == 1
+
+
+def test_held_counts_finished_records_until_their_commit_lands() -> None:
+    """Finished but uncommitted records are held: behind an unfinished one, or not committed."""
+    tracker = OffsetTracker()
+    other = TopicPartition("t", 1)
+    for offset in range(10):
+        tracker.fetched(TP, offset)
+        tracker.fetched(other, offset)
+    for offset in range(1, 6):  # offset 0 is held back, by a 429 say
+        tracker.finished(TP, offset)
+    for offset in range(4):
+        tracker.finished(other, offset)
+    assert tracker.held() == 9
+    offsets = tracker.committable()
+    assert offsets == {other: 4}
+    assert tracker.held() == 9  # nothing is off the hook until Kafka has the commit
+    tracker.committed(offsets)
+    assert tracker.held() == 5
+    tracker.finished(TP, 0)
+    tracker.committed(tracker.committable())
+    assert tracker.held() == 0
+
+
+def test_partition_batchers_never_mix_partitions() -> None:
+    """Each request holds one partition's records in order; lingering ones flush oldest first."""
+    now = [0.0]
+    batchers = PartitionBatchers(max_batches=3, clock=lambda: now[0])
+    full: list[list[Batch]] = []
+    batchers.add_all(("t", 0), [Record("t", 0, i, None, b"{}") for i in range(4)], full)
+    now[0] = 1.0
+    batchers.add_all(("t", 1), [Record("t", 1, i, None, b"{}") for i in range(2)], full)
+    assert [[(b.partition, b.offset) for b in r] for r in full] == [[(0, 0), (0, 1), (0, 2)]]
+    assert len(batchers) == 3
+    assert batchers.age() == 1.0
+    assert batchers.flush_due(0.5, limit=5) == [[Record("t", 0, 3, None, b"{}")]]
+    now[0] = 2.0
+    (lingered,) = batchers.flush_due(0.5, limit=5)
+    assert [(b.partition, b.offset) for b in lingered] == [(1, 0), (1, 1)]
+    assert len(batchers) == 0
+    assert batchers.flush_due(0.0, limit=5) == []

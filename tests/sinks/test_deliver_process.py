@@ -28,6 +28,7 @@ from tests.sinks.support import (
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 RATE_GAUGE = "streamproc_deliver_rate_limit_batches_per_second"
+READ_AHEAD = 16  # the deliverer's read-ahead queue, in requests
 
 
 async def test_sigkill_mid_request_then_restart_loses_nothing(
@@ -70,6 +71,43 @@ async def test_sigkill_mid_request_then_restart_loses_nothing(
     assert stats.duplicates > 0
     assert stats.duplicates_differing == 0
     assert stats.batches_received == 500 + stats.duplicates
+
+
+async def test_sigkill_in_a_429_pause_re_sends_at_most_what_was_in_flight(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """Killed while a 429 pauses delivery, a restart re-sends under (in flight + read-ahead)."""
+    max_in_flight = 4
+    values = [encode(make_batch(i)) for i in range(20_000)]
+    async with MParticleSim(
+        api_key=API_KEY, api_secret=API_SECRET, latency_s=0.05, rate_limit_batches_per_s=None
+    ) as sim:
+        settings = deliver_settings(kafka_settings, sim, max_in_flight=max_in_flight)
+        env = settings_env(settings, STREAMPROC_METRICS_PORT=str(free_port()))
+        group = f"{settings.topic_prefix}streamproc-deliver"
+        await produce(settings, values, spread=True)
+        first = Proc(["deliver"], env, tmp_path / "deliver-1.log")
+        try:
+            await wait_for(lambda: sim.stats.batches_stored >= 2000, 60, what="first deliveries")
+            sim.fail_next(429, retry_after_s=5)
+            await wait_for(lambda: sim.stats.answers.get("429", 0) == 1, 10, 0.01, "the 429")
+            await asyncio.sleep(3)  # inside the pause
+        finally:
+            first.kill()
+        assert sim.stats.batches_stored < 20_000, "killed too late to mean anything"
+        second = Proc(["deliver"], env, tmp_path / "deliver-2.log")
+        try:
+            await wait_for(lambda: sim.stats.batches_stored == 20_000, 120, what="every batch")
+            await wait_for(lambda: all_committed(settings, group), 30, what="all committed")
+        finally:
+            code = second.terminate()
+        assert code == 0, second.output()[-3000:]
+    stats = sim.stats
+    # Re-sent: batches stored twice (the refused request's were never stored).
+    print(f"re-sent after the SIGKILL: {stats.duplicates} batches")
+    assert stats.duplicates <= (max_in_flight + READ_AHEAD) * 100
+    assert stats.duplicates_differing == 0
+    assert stats.batches_received == 20_000 + stats.duplicates
 
 
 async def test_two_deliverers_stay_within_the_feed_limit_together(

@@ -169,3 +169,64 @@ class Batcher:
     def clear(self) -> None:
         """Forget the open request (its batches were not sent and will be read again)."""
         self._open, self._size = [], 2
+
+
+class PartitionBatchers:
+    """One :class:`Batcher` per partition: a request holds the records of one partition.
+
+    A request that mParticle holds back (a 429, a 5xx retried) then holds back the commits
+    of its own partition only, not of every partition that a shared request would touch.
+    ``max_batches`` may change between :meth:`clear` calls (the deliverer sizes requests
+    to its share of the rate).
+    """
+
+    def __init__(
+        self,
+        max_batches: int = MAX_BATCHES,
+        max_bytes: int = MAX_REQUEST_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_batches = max_batches
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._open: dict[tuple[str, int], Batcher] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        """Batches in open requests, over every partition."""
+        return self._count
+
+    def add_all(
+        self, partition: tuple[str, int], batches: Sequence[Batch], out: list[list[Batch]]
+    ) -> None:
+        """Add ``batches`` of one partition in order; append the requests they complete."""
+        batcher = self._open.get(partition)
+        if batcher is None:
+            batcher = self._open[partition] = Batcher(self.max_batches, self.max_bytes, self._clock)
+        self._count -= len(batcher)
+        batcher.add_all(batches, out)
+        self._count += len(batcher)
+
+    def age(self) -> float:
+        """Seconds since the oldest open request got its first batch (0 when none is open)."""
+        return max((b.age() for b in self._open.values()), default=0.0)
+
+    def flush_due(self, linger_s: float, limit: int) -> list[list[Batch]]:
+        """Up to ``limit`` open requests filling for ``linger_s`` or longer, oldest first."""
+        due = sorted(
+            (b for b in self._open.values() if len(b) and b.age() >= linger_s),
+            key=Batcher.age,
+            reverse=True,
+        )
+        out: list[list[Batch]] = []
+        for batcher in due[:limit]:
+            request = batcher.flush()
+            if request:
+                self._count -= len(request)
+                out.append(request)
+        return out
+
+    def clear(self) -> None:
+        """Forget every open request (their batches were not sent and will be read again)."""
+        self._open.clear()
+        self._count = 0

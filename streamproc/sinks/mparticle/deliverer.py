@@ -1,14 +1,19 @@
 """The delivery loop: a consumer group over the batches topic, bulk requests to mParticle.
 
-Records are packed into requests (:mod:`.batcher`), at most ``max_in_flight`` requests
-are out at once, each carried to its end by :class:`.Sender`. Offsets are committed per
-partition only up to the contiguous prefix of records that mParticle accepted or that were
-dead-lettered (:mod:`.offsets`); nothing else moves them.
+Records are packed into requests of one partition each (:mod:`.batcher`), at most
+``max_in_flight`` requests are out at once, each carried to its end by :class:`.Sender`.
+Offsets are committed per partition only up to the contiguous prefix of records that
+mParticle accepted or that were dead-lettered (:mod:`.offsets`); nothing else moves them.
 
 - The rate limit is the feed's (mParticle's limits are per API key): on every rebalance
   the deliverer takes the share of it that its partitions are of the topic's, so the
   group stays within it however many members it has. A request is at most one second of
   that share (and 100 batches).
+- Few re-sends after a crash: commits run one at a time in the background, every
+  ``commit_interval_s`` or at once when half the hold limit is finished and uncommitted;
+  no request is launched while ``read_ahead`` requests' worth of finished batches wait
+  for a commit (behind one held back by retries, say). A crash then sends again at most
+  ``max_in_flight + read_ahead`` requests' worth.
 
 - While every slot is busy the loop tops up a queue of up to ``read_ahead`` packed requests
   from what is already fetched. aiokafka fetches a partition again only once what it fetched
@@ -48,7 +53,7 @@ from streamproc.sinks.mparticle.batcher import (
     MAX_BATCH_BYTES,
     MAX_BATCHES,
     Batch,
-    Batcher,
+    PartitionBatchers,
     reject_reason,
 )
 from streamproc.sinks.mparticle.client import MParticleClient
@@ -93,7 +98,7 @@ class Deliverer(Service):
         backoff_base_s: float | None = None,
         auth_retry_s: float | None = None,
         max_retries: int | None = None,
-        commit_interval_s: float = 1.0,
+        commit_interval_s: float = 0.2,
         shutdown_timeout_s: float | None = None,
         revoke_timeout_s: float = 10.0,
         blocked_poll_s: float = 1.0,
@@ -142,8 +147,9 @@ class Deliverer(Service):
             # mparticle.max_retries 0 means no limit.
             max_retries=max_retries if max_retries is not None else (mp.max_retries or None),
         )
-        self._batcher = Batcher()
+        self._batchers = PartitionBatchers()
         self._tracker = OffsetTracker()
+        self._commit_task: asyncio.Task[None] | None = None
         # Packed requests with their item times, waiting for a slot.
         self._ready: deque[tuple[list[Batch], ItemTimes]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -157,6 +163,11 @@ class Deliverer(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._main: asyncio.Task[None] | None = None
+
+    @property
+    def hold_limit(self) -> int:
+        """Finished, uncommitted batches past which no request is launched."""
+        return self.read_ahead * self._batchers.max_batches
 
     @property
     def task(self) -> asyncio.Task[None]:
@@ -198,14 +209,14 @@ class Deliverer(Service):
         if not done:
             main.cancel()
             await asyncio.wait({main})
-        self._batcher.clear()
+        self._batchers.clear()
         self._ready.clear()
         left = max(0.0, deadline - asyncio.get_running_loop().time())
         if self._tasks and left > 0:
             log.info("waiting up to %.1f s for %d requests in flight", left, len(self._tasks))
             await asyncio.wait(set(self._tasks), timeout=left)
         await self._abandon()
-        await self._commit(force=True)
+        await self._commit()
         self._main = self._consumer = None
         await consumer.stop()  # leaves the group
         if self._producer is not None:
@@ -236,17 +247,14 @@ class Deliverer(Service):
                     await asyncio.sleep(0)
             else:
                 self._resume(consumer)
-                timeout = self.linger_s - self._batcher.age() if self._batcher else self.idle_poll_s
+                batchers = self._batchers
+                timeout = self.linger_s - batchers.age() if batchers else self.idle_poll_s
                 await self._fetch(consumer, max(0.0, timeout))
-            if (
-                self._batcher
-                and len(self._ready) < self.read_ahead
-                and self._batcher.age() >= self.linger_s
-            ):
-                request = self._batcher.flush()
-                if request:
-                    self._ready.append((request, item_times(request)))
-            await self._commit()
+            room = self.read_ahead - len(self._ready)
+            if self._batchers and room > 0:
+                due = self._batchers.flush_due(self.linger_s, room)
+                self._ready.extend([(request, item_times(request)) for request in due])
+            self._commit_soon()
 
     async def _fetch(self, consumer: AIOKafkaConsumer, timeout_s: float) -> int:
         """Take what the consumer has (waiting up to ``timeout_s``); return how many records."""
@@ -254,7 +262,7 @@ class Deliverer(Service):
         # No more than the read-ahead queue has room for (by count: a request of batches
         # over ~2.6 KB fills by size first, and one fetch may then complete a few more).
         free = self.read_ahead - len(self._ready)
-        room = free * self._batcher.max_batches - len(self._batcher)
+        room = free * self._batchers.max_batches - len(self._batchers)
         data = await consumer.getmany(
             timeout_ms=int(timeout_s * 1000), max_records=max(1, min(room, self.max_poll_records))
         )
@@ -290,7 +298,7 @@ class Deliverer(Service):
                     for record in records
                     if id(record) not in accepted
                 ]
-            self._batcher.add_all(postable, full)
+            self._batchers.add_all(tp, postable, full)
         self._ready.extend([(request, item_times(request)) for request in full])
         for batch, reason in rejected:
             size = len(batch.value or b"")
@@ -322,12 +330,22 @@ class Deliverer(Service):
             consumer.resume(*consumer.assignment())
 
     def _launch(self) -> None:
-        while self._ready and len(self._tasks) < self.max_in_flight and not self._rebalancing:
-            request, times = self._ready.popleft()
-            task = asyncio.create_task(self._deliver(request, times, self._generation))
-            self._tasks.add(task)
-            task.add_done_callback(self._request_done)
-        metrics.DL_IN_FLIGHT.set(len(self._tasks))
+        """Fill the free slots from the read-ahead queue, unless too much awaits a commit.
+
+        Each request in flight finishes into the held batches, so held batches plus what
+        is in flight stay under ``hold_limit + max_in_flight`` requests' worth.
+        """
+        ready, tasks = self._ready, self._tasks
+        if ready and len(tasks) < self.max_in_flight and not self._rebalancing:
+            if self._tracker.held() >= self.hold_limit:
+                self._commit_soon()
+            else:
+                while ready and len(tasks) < self.max_in_flight:
+                    request, times = ready.popleft()
+                    task = asyncio.create_task(self._deliver(request, times, self._generation))
+                    tasks.add(task)
+                    task.add_done_callback(self._request_done)
+        metrics.DL_IN_FLIGHT.set(len(tasks))
 
     async def _deliver(self, request: list[Batch], times: ItemTimes, generation: int) -> None:
         await self.sender.send(request, self._dead_letter, times)
@@ -343,6 +361,7 @@ class Deliverer(Service):
             self._failure = task.exception()
             log.error("a delivery request failed: %r", self._failure)
         if self._failure is None and not self._stopping.is_set():
+            self._commit_soon()
             # Refill the slot now rather than when the loop next wakes: it may be busy
             # decoding a fetch, and mParticle would wait for the next request meanwhile.
             self._launch()
@@ -381,16 +400,55 @@ class Deliverer(Service):
                 letter.count()
                 return
 
-    async def _commit(self, force: bool = False) -> None:
-        consumer = self._consumer
-        now = time.monotonic()
-        if consumer is None or (not force and now - self._committed_at < self.commit_interval_s):
+    def _commit_soon(self) -> None:
+        """Start a commit in the background if one is due and none is under way.
+
+        Due every ``commit_interval_s``, or at once once half the hold limit is finished
+        and uncommitted. One at a time, so that commits land in order.
+        """
+        if (
+            self._commit_task is not None
+            or self._consumer is None
+            or self._rebalancing
+            or self._stopping.is_set()
+        ):
             return
-        self._committed_at = now
+        now = time.monotonic()
+        if (
+            now - self._committed_at < self.commit_interval_s
+            and self._tracker.held() < self.hold_limit // 2
+        ):
+            return
         offsets = self._tracker.committable()
         if not offsets:
             return
-        generation = self._generation
+        self._committed_at = now
+        self._commit_task = asyncio.create_task(self._commit_offsets(offsets), name="commit")
+        self._commit_task.add_done_callback(self._commit_done)
+
+    def _commit_done(self, task: asyncio.Task[None]) -> None:
+        self._commit_task = None
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+            log.error("an offset commit failed: %r", self._failure)
+        if self._failure is None and not self._stopping.is_set():
+            # The commit may have opened the hold limit, and more may be due already.
+            self._slot_freed.set()
+            self._commit_soon()
+            self._launch()
+
+    async def _commit(self) -> None:
+        """Commit what is finished now, after the commit under way (they land in order)."""
+        while self._commit_task is not None:
+            await asyncio.wait({self._commit_task})
+        self._committed_at = time.monotonic()
+        offsets = self._tracker.committable()
+        if offsets and self._consumer is not None:
+            await self._commit_offsets(offsets)
+
+    async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+        consumer, generation = self._consumer, self._generation
+        assert consumer is not None  # noqa: S101 -- only called between start and stop
         try:
             await consumer.commit(offsets)
         except KafkaError as exc:
@@ -403,11 +461,11 @@ class Deliverer(Service):
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._rebalancing = True
-        self._batcher.clear()
+        self._batchers.clear()
         self._ready.clear()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.revoke_timeout_s)
-        await self._commit(force=True)
+        await self._commit()
         await self._abandon()
         self._generation += 1
         self._tracker.clear()
@@ -419,7 +477,7 @@ class Deliverer(Service):
         # aiokafka starts every assigned partition from its committed offset.
         self._generation += 1
         self._tracker.clear()
-        self._batcher.clear()
+        self._batchers.clear()
         self._ready.clear()
         self._paused = False
         self._rebalancing = False
@@ -440,7 +498,7 @@ class Deliverer(Service):
         # A request of at most one second of the share: mParticle counts batches per
         # second, and a larger request would land as a burst over it.
         burst = int(self.limiter.max_rate * self.limiter.burst_s)
-        self._batcher.max_batches = max(1, min(MAX_BATCHES, burst))
+        self._batchers.max_batches = max(1, min(MAX_BATCHES, burst))
         if assigned:
             log.info(
                 "rate limit: %d of %d partitions, %.1f of the feed's %.0f batches/s; "
@@ -449,5 +507,5 @@ class Deliverer(Service):
                 total,
                 self.limiter.max_rate,
                 self.limiter.feed_rate,
-                self._batcher.max_batches,
+                self._batchers.max_batches,
             )

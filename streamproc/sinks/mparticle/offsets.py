@@ -3,7 +3,8 @@
 Requests finish out of order (retries, splits, several in flight), so a finished record
 is committed only once every record before it in its partition has finished too. After a
 crash everything past the committed offset is read and sent again, with the same bytes and
-the same ``source_request_id``.
+the same ``source_request_id``; :meth:`OffsetTracker.held` counts the finished records
+among them, so that the deliverer can bound what a crash sends again.
 """
 
 from __future__ import annotations
@@ -35,13 +36,17 @@ _OFFSET: Callable[[Any], int] = attrgetter("offset")
 class PartitionProgress:
     """Offsets of one partition in the order they were fetched, and which are finished."""
 
-    __slots__ = ("_done", "_order", "position")
+    __slots__ = ("_committed_passed", "_done", "_marks", "_order", "_passed", "position")
 
     def __init__(self) -> None:
         self._order: deque[int] = deque()
         self._done: set[int] = set()
         # The offset to commit: one past the last record of the finished prefix.
         self.position: int | None = None
+        # Records moved past so far, and at which positions: what a commit covers.
+        self._passed = 0
+        self._marks: deque[tuple[int, int]] = deque()
+        self._committed_passed = 0
 
     def fetched(self, offset: int) -> None:
         self._order.append(offset)
@@ -64,7 +69,19 @@ class PartitionProgress:
             # Offsets are not contiguous under read_committed (transaction markers), so the
             # position is the last finished record + 1, not a count.
             self.position = prefix[-1] + 1
+            self._passed += len(prefix)
+            self._marks.append((self.position, self._passed))
         return self.position
+
+    def committed(self, position: int) -> None:
+        """Kafka has ``position`` (one that :meth:`advance` returned)."""
+        marks = self._marks
+        while marks and marks[0][0] <= position:
+            self._committed_passed = marks.popleft()[1]
+
+    def held(self) -> int:
+        """Finished records beyond the committed position: what a crash now sends again."""
+        return len(self._done) + self._passed - self._committed_passed
 
     def unfinished(self) -> int:
         return len(self._order) - len(self._done)
@@ -116,7 +133,16 @@ class OffsetTracker:
         return out
 
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Kafka has ``offsets`` (positions that :meth:`committable` returned)."""
         self._committed.update(offsets)
+        for tp, position in offsets.items():
+            part = self._parts.get(tp)
+            if part is not None:
+                part.committed(position)
+
+    def held(self) -> int:
+        """Finished records not committed yet, over every partition (see ``held``)."""
+        return sum(p.held() for p in self._parts.values())
 
     def unfinished(self) -> int:
         """Records fetched and not finished yet, over every partition."""
