@@ -58,6 +58,10 @@ class FaultRunner:
         self.http = http
         self.log = FaultLog()
         self._broker_turn = asyncio.Lock()
+        # mParticle's faults wait while the broker is away: with nothing flowing to
+        # deliver, an outage would be felt by no request.
+        self._broker_up = asyncio.Event()
+        self._broker_up.set()
 
     async def run(self, plan: list[Fault], started: float) -> None:
         """Apply every fault at its time after ``started`` (monotonic); return when all are over."""
@@ -77,11 +81,15 @@ class FaultRunner:
             async with self._broker_turn:
                 await self._broker(signal.Signals[fault.signal], fault.duration_s)
         elif fault.kind == "rate_limit":
+            await self._broker_up.wait()
             await self._storm(fault.duration_s)
         elif fault.kind == "mparticle_outage":
+            await self._broker_up.wait()
+            base = await self._answers("503")
             await self._mparticle({"outage": "503"})
             await asyncio.sleep(fault.duration_s)
             await self._mparticle({"outage": None})
+            print(f"  mParticle outage over: {await self._answers('503') - base} answered 503")
         else:
             url = f"{self.stack.tm_url}/_sim/outage"
             await self._post(url, params={"seconds": f"{fault.duration_s:g}"})
@@ -108,11 +116,13 @@ class FaultRunner:
                     break
                 await asyncio.sleep(0.05)
             stopped_at = time.monotonic()
+            self._broker_up.clear()
             # Signalled while the readers are still open: the transaction seen is still open.
             self.stack.signal_broker(sig)
         await self.stack.broker_gone()
         await asyncio.sleep(down_for_s)
         await self.stack.start_broker()
+        self._broker_up.set()
         down = time.monotonic() - stopped_at
         self.log.broker.append(BrokerRestart(sig.name, open_records, down))
         print(
@@ -126,20 +136,23 @@ class FaultRunner:
         request answered 429 while it lasts. Its queue of 429s is a count, not a time, so
         it is kept topped up with two at a time: when the storm ends, at most two are left."""
         await self._mparticle({"rate_limit_batches_per_s": 20, "retry_after_s": 2})
-        base = (await mparticle_stats(self.http, self.stack.mp_url)).get("answers", {})
+        base = await self._answers("429")
         queued = 0
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            answers = (await mparticle_stats(self.http, self.stack.mp_url)).get("answers", {})
-            if answers.get("429", 0) - base.get("429", 0) >= queued:
+            if await self._answers("429") - base >= queued:
                 await self._mparticle(
                     {"fail_next": {"status": 429, "count": 2, "retry_after_s": 1}}
                 )
                 queued += 2
             await asyncio.sleep(0.25)
         await self._mparticle({"rate_limit_batches_per_s": 270, "retry_after_s": 1})
-        answers = (await mparticle_stats(self.http, self.stack.mp_url)).get("answers", {})
-        print(f"  429 storm over: {answers.get('429', 0) - base.get('429', 0)} answered 429")
+        print(f"  429 storm over: {await self._answers('429') - base} answered 429")
+
+    async def _answers(self, status: str) -> int:
+        """How many times the mParticle simulator has answered ``status`` so far."""
+        stats = await mparticle_stats(self.http, self.stack.mp_url)
+        return int(stats.get("answers", {}).get(status, 0))
 
     async def _mparticle(self, change: dict[str, Any]) -> None:
         await self._post(f"{self.stack.mp_url}/_sim/control", json=change)
