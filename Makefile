@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help install test lint promtool bench run observe kafka-up kafka-down clean
+.PHONY: help install test lint promtool bench run observe chaos kafka-up kafka-down clean
 
 # promtool checks the alert rules, their unit tests, the dashboard's queries and /metrics
 # (tests/test_alert_rules.py and others). The one on PATH, else promtool from Debian's
@@ -61,6 +61,12 @@ run: install ## the whole pipeline locally: broker, simulators, every role, live
 
 observe: install $(PROMTOOL) ## make run plus a real Prometheus with deploy/'s alert rules (http://127.0.0.1:9090)
 	PROMETHEUS=$(or $(shell command -v prometheus),$(dir $(PROMTOOL))prometheus) $(BIN)/python -m streamproc.devrun
+
+# Options as variables: CHAOS_SEED, CHAOS_ITEMS, CHAOS_SECONDS, CHAOS_DRAIN_LIMIT,
+# CHAOS_BROKER_RESTARTS, CHAOS_OUTAGE_SECONDS, CHAOS_KILL_EVERY, CHAOS_PARTITIONS, CHAOS_LOG_DIR.
+chaos: install ## every role killed, the broker restarted, mParticle down: what was lost (CHAOS_SEED...)
+	$(BIN)/python -m streamproc.localkafka jars >/dev/null
+	$(BIN)/python -m tests.chaos
 
 kafka-up: install ## start the local Kafka broker on KAFKA_PORT (default 9092) if not up
 	$(BIN)/python -m streamproc.localkafka up --port $(KAFKA_PORT)
