@@ -241,6 +241,12 @@ DEDUPE_HITS = Counter("streamproc_dedupe_hits_total", "Items dropped as already 
 DEDUPE_SIZE = Gauge(
     "streamproc_dedupe_state_size", "Item ids remembered by this process, by source.", ["source"]
 )
+MAP_PARTITION_WAITING = Gauge(
+    "streamproc_map_partition_waiting_seconds",
+    "How long an input partition assigned to this process has waited to be set up "
+    "(fence, restore, committed offset); 0 while it is processed.",
+    ["topic", "partition"],
+)
 DEDUPE_RESTORE = Histogram(
     "streamproc_dedupe_restore_seconds",
     "Time to restore dedupe state from its changelog after an assignment.",

@@ -15,6 +15,7 @@ from streamproc.config import Settings
 from streamproc.lag import LagMonitor
 from streamproc.topics import Topics, ensure
 from tests.procs import wait_for
+from tests.transactions import open_transaction
 
 pytestmark = pytest.mark.kafka
 
@@ -185,38 +186,35 @@ async def test_a_hanging_transaction_is_seen_and_the_tool_clears_it(
     topic = Topics.for_prefix(kafka_settings.topic_prefix).batches
     stuck_tp, free_tp = TopicPartition(topic, 1), TopicPartition(topic, 0)
     group = unique("stuck")
-    hanging = kafka.producer(
-        kafka_settings.kafka, transactional_id=unique("hang"), transaction_timeout_ms=600_000
-    )
     writer = kafka.producer(kafka_settings.kafka, transactional_id=unique("ok"))
-    await hanging.start()
     await writer.start()
     try:
-        await hanging.begin_transaction()
-        sent = await hanging.send_and_wait(topic, b"held", partition=1)
-        for partition in (0, 1):  # committed records behind the open one, and beside it
-            async with writer.transaction():
-                await writer.send_and_wait(topic, b"ok", partition=partition)
-        async with LagMonitor(kafka_settings, group, [topic], interval_s=60) as monitor:
-            await monitor.sample()
-            await asyncio.sleep(2.0)
-            reading = await monitor.sample()
-            stuck = gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 1)
-            assert stuck >= 1.5
-            assert gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 0) == 0
-            assert reading[stuck_tp][1] >= stuck  # the pinned time counts as lag in seconds
-            assert reading[free_tp][0] >= 1  # its record (and marker), readable
-            # Kafka's own remedy, shipped with the local broker's jars.
-            args = ["abort", "--topic", topic, "--partition", "1"]
-            args += ["--start-offset", str(sent.offset)]
-            code = await asyncio.to_thread(localkafka.transactions, kafka_bootstrap, args)
-            assert code == 0
-            await wait_for(
-                lambda: _unpinned(monitor, group, topic), timeout_s=30, what="partition 1 freed"
-            )
+        async with open_transaction(kafka_settings.kafka, unique("hang"), topic, 1) as hanging:
+            for partition in (0, 1):  # committed records behind the open one, and beside it
+                async with writer.transaction():
+                    await writer.send_and_wait(topic, b"ok", partition=partition)
+            async with LagMonitor(kafka_settings, group, [topic], interval_s=60) as monitor:
+                await monitor.sample()
+                await asyncio.sleep(2.0)
+                reading = await monitor.sample()
+                stuck = gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 1)
+                assert stuck >= 1.5
+                assert gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 0) == 0
+                assert reading[stuck_tp][1] >= stuck  # the pinned time counts as lag in s
+                assert reading[free_tp][0] >= 1  # its record (and marker), readable
+                # Kafka's own remedy, shipped with the local broker's jars.
+                args = ["abort", "--topic", topic, "--partition", "1"]
+                args += ["--start-offset", str(hanging.offset)]
+                code = await asyncio.to_thread(localkafka.transactions, kafka_bootstrap, args)
+                assert code == 0
+                hanging.open = False  # ended by the tool, not by its producer
+                await wait_for(
+                    lambda: _unpinned(monitor, group, topic),
+                    timeout_s=30,
+                    what="partition 1 freed",
+                )
     finally:
         await writer.stop()
-        await hanging.stop()
 
 
 async def _unpinned(monitor: LagMonitor, group: str, topic: str) -> bool:

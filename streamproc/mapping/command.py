@@ -2,12 +2,17 @@
 
 Joins the consumer group ``<prefix>streamproc-map`` (scale by adding processes, up to the
 partition count) and serves ``/metrics``, ``/healthz`` and ``/readyz`` on
-``metrics_host:metrics_port``; ``/readyz`` is 503 while dedupe state is being restored or a
-partition is failing. SIGTERM or SIGINT: stop polling, finish (or after
-``--shutdown-timeout`` abort) the transactions in flight, leave the group, exit 0. A
-partition that keeps failing for ``--retry-timeout`` seconds ends the process with exit
-code 1, for the orchestrator to restart it. No input record can: one it cannot handle is
-dead-lettered with its reason (see :mod:`streamproc.mapping.transaction`).
+``metrics_host:metrics_port``; ``/readyz`` is 503, naming the partitions and the reason,
+while an assigned partition is not set up yet. SIGTERM or SIGINT: stop polling, finish (or
+after ``--shutdown-timeout`` abort) the transactions in flight, leave the group, exit 0.
+
+Each partition is set up on its own (fence, restore its dedupe state, committed offset),
+each try bounded by ``--restore-timeout``, and retried with backoff for as long as it
+fails while the others are mapped (``streamproc_map_partition_waiting_seconds``, alert
+MapPartitionNotSetUp). A partition whose transactions keep failing for
+``--retry-timeout`` seconds ends the process with exit code 1, for the orchestrator to
+restart it with fresh clients. No input record can: one it cannot handle is dead-lettered
+with its reason (see :mod:`streamproc.mapping.transaction`).
 """
 
 from __future__ import annotations
@@ -45,7 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retry-timeout",
         type=float,
         default=300.0,
-        help="seconds a partition may keep failing before the process gives up",
+        help="seconds a partition's transactions may keep failing before the process gives up",
+    )
+    parser.add_argument(
+        "--restore-timeout",
+        type=float,
+        default=120.0,
+        help="seconds one try at setting a partition up may take (default 120; retried)",
     )
 
 
@@ -59,6 +70,7 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         txn_max_records=args.max_records,
         shutdown_timeout_s=args.shutdown_timeout,
         retry_timeout_s=args.retry_timeout,
+        restore_timeout_s=args.restore_timeout,
     )
     names = Topics.for_prefix(settings.topic_prefix)
     monitor = LagMonitor(

@@ -26,17 +26,28 @@ and the partition set up again as on assignment (new producer, state restored fr
 changelog, position = committed offset): nothing lost, nothing twice. After
 ``ProducerFenced`` the set-up waits ``fence_backoff_s`` (the partition has moved; the
 rebalance will say so) and only happens if the consumer still owns the partition. Repeated
-failures back off exponentially; a partition failing for longer than ``retry_timeout_s``
-stops the processor with the error (the process exits non-zero and is restarted).
+failures back off exponentially; a partition whose transactions keep failing for longer
+than ``retry_timeout_s`` stops the processor with the error (the process exits non-zero
+and is restarted: a fresh client is the remedy left).
+
+Set-up is per partition and off the poll loop: each changelog partition's set-up (fence,
+restore, committed offset) runs as its own task with its own reader, bounded by
+``restore_timeout_s``, so one that cannot finish (a changelog partition whose last stable
+offset an open transaction pins: restore waits for it, or the state would miss ids) holds
+no other partition. It is retried on its own with backoff for as long as it lasts, never
+fatal (a restart would meet the same transaction): ``streamproc_map_partition_waiting_
+seconds`` shows how long each partition has waited, the MapPartitionNotSetUp alert fires
+and ``/readyz`` names it with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -108,10 +119,11 @@ class MapProcessor(Service):
         self._consumer_options = dict(consumer_options or {})
         self._sources = {self.topics.ticketmatic: TICKETMATIC, self.topics.ticketure: TICKETURE}
         self._consumer: AIOKafkaConsumer | None = None
-        self._restorer: AIOKafkaConsumer | None = None
         self._parts: dict[TopicPartition, Part] = {}
         self._pending: dict[TopicPartition, float] = {}  # to set up, not before (monotonic)
         self._failing: dict[TopicPartition, tuple[float, Backoff]] = {}
+        self._setting_up: dict[int, asyncio.Task[None]] = {}  # changelog partition: set-up
+        self._waiting: dict[TopicPartition, tuple[float, str]] = {}  # since, last reason
         self._generation = 0
         self._fatal: BaseException | None = None
         self.fenced = 0  # commits refused because another producer took the partition over
@@ -127,8 +139,6 @@ class MapProcessor(Service):
             return
         self.health.set(COMPONENT, False, "starting")
         await self._check_copartitioned()
-        restorer = kafka.consumer(self.settings.kafka, group_id=None, fetch_max_wait_ms=100)
-        await restorer.start()
         consumer = kafka.consumer(
             self.settings.kafka, group_id=self.group_id, **self._consumer_options
         )
@@ -139,10 +149,10 @@ class MapProcessor(Service):
             )
         except BaseException:
             await consumer.stop()
-            await restorer.stop()
             raise
-        self._consumer, self._restorer = consumer, restorer
+        self._consumer = consumer
         self.health.set(COMPONENT, False, "joining the consumer group")
+        self.health.watch(f"{COMPONENT} partitions", self._waiting_reason)
 
     async def stop(self) -> None:
         """Finish (or after ``shutdown_timeout_s`` abort) open transactions, leave the group."""
@@ -152,10 +162,11 @@ class MapProcessor(Service):
         parts = list(self._parts.values())
         self._parts.clear()
         self._pending.clear()
+        await self._stop_set_ups()
         await self._release(parts, self._shutdown_timeout_s, cancel=True)
         await consumer.stop()  # leaves the group: the partitions move at once
-        if self._restorer is not None:
-            await self._restorer.stop()
+        self._forget_waiting(set(self._waiting))
+        self.health.forget(f"{COMPONENT} partitions")
         for source in self._sources.values():
             metrics.DEDUPE_SIZE.labels(source).set(0)
         self.health.set(COMPONENT, False, "stopped")
@@ -168,10 +179,7 @@ class MapProcessor(Service):
         while not stop.is_set():
             if self._fatal is not None:
                 raise self._fatal
-            now = time.monotonic()
-            due = [tp for tp, when in self._pending.items() if when <= now]
-            if due:
-                await self._set_up(due)
+            self._start_set_ups()
             batch = await consumer.getmany(
                 timeout_ms=self._poll_timeout_ms, max_records=self._max_records
             )
@@ -191,8 +199,10 @@ class MapProcessor(Service):
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         self._generation += 1
         self._pending.clear()
+        await self._stop_set_ups()
         parts = [p for tp in revoked if (p := self._parts.pop(tp, None)) is not None]
         await self._release(parts, self._revoke_timeout_s)
+        self._forget_waiting(revoked)
         self._update_size()
 
     def _assigned(self, assigned: set[TopicPartition]) -> None:
@@ -205,59 +215,108 @@ class MapProcessor(Service):
             consumer.pause(*assigned)
         now = time.monotonic()
         self._pending = dict.fromkeys(assigned, now)
+        for tp in assigned:
+            self._wait(tp, "restoring dedupe state")
         if assigned:
-            self.health.set(COMPONENT, False, "restoring dedupe state")
+            self.health.set(COMPONENT, True, "")
         else:
             self.health.set(COMPONENT, True, "no partition assigned: standing by")
 
-    async def _set_up(self, tps: Sequence[TopicPartition]) -> None:
-        """Own ``tps``: fence the previous owners, restore state, seek to committed offsets."""
-        consumer, restorer = self._consumer, self._restorer
-        if consumer is None or restorer is None:
-            return
+    # --- set-up, one changelog partition at a time --------------------------------------
+
+    def _start_set_ups(self) -> None:
+        """Start the set-up of every partition due, one task per changelog partition (the
+        input partitions of both sources with one number share one changelog partition)."""
+        now = time.monotonic()
+        due: dict[int, list[TopicPartition]] = {}
+        for tp, when in self._pending.items():
+            if when <= now and tp.partition not in self._setting_up:
+                due.setdefault(tp.partition, []).append(tp)
+        for number, tps in due.items():
+            for tp in tps:
+                del self._pending[tp]
+            task = asyncio.create_task(self._set_up(number, tps), name=f"map-set-up-{number}")
+            self._setting_up[number] = task
+
+    async def _stop_set_ups(self) -> None:
+        tasks = list(self._setting_up.values())
+        self._setting_up.clear()
+        await cancel_and_wait(tasks)
+
+    async def _set_up(self, number: int, tps: Sequence[TopicPartition]) -> None:
+        """Own ``tps`` (input partitions ``number``): fence the previous owners, restore
+        state, seek to committed offsets; on failure retry each later on its own."""
+        consumer = self._consumer
         generation = self._generation
-        owned = consumer.assignment()
-        for tp in set(tps) - owned:
-            self._pending.pop(tp, None)
-        tps = sorted(set(tps) & owned)
-        parts = {tp: Part(tp, self._sources[tp.topic], self._producer(tp)) for tp in tps}
+        parts: dict[TopicPartition, Part] = {}
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self._restore_timeout_s):
-                states, committed = await self._fence_and_restore(consumer, restorer, parts)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            await asyncio.gather(*(p.producer.stop() for p in parts.values()))
-            for tp in tps:
-                self._retry_later(tp, exc)
-            self.health.set(COMPONENT, False, f"set-up failed: {exc!r}"[:200])
-            return
-        if generation != self._generation or not set(tps) <= consumer.assignment():
-            # A rebalance happened meanwhile; its own set-up is pending.
-            await asyncio.gather(*(p.producer.stop() for p in parts.values()))
-            return
+            if consumer is None:
+                return
+            owned = consumer.assignment()
+            parts = {
+                tp: Part(tp, self._sources[tp.topic], self._producer(tp))
+                for tp in sorted(set(tps) & owned)
+            }
+            try:
+                # The restore's own timeout comes first, with its reason; this one is the
+                # backstop for a fence (or reader start) that hangs.
+                deadline = started + self._restore_timeout_s
+                async with asyncio.timeout(self._restore_timeout_s + _BACKSTOP_S):
+                    states, committed = await self._fence_and_restore(
+                        consumer, number, parts, deadline
+                    )
+            except TimeoutError:
+                failure: BaseException = TimeoutError(
+                    f"set-up not done in {self._restore_timeout_s:g} s"
+                )
+            except (KafkaError, OSError) as exc:
+                failure = exc
+            else:
+                if generation == self._generation and set(parts) <= consumer.assignment():
+                    self._own(consumer, parts, states, committed, started)
+                    parts = {}  # running now: no longer this task's to close
+                return  # else a rebalance happened meanwhile; its own set-up is pending
+            if generation == self._generation:
+                for tp in parts:
+                    self._retry_later(tp, failure, fatal=False)
+        finally:
+            self._setting_up.pop(number, None)
+            await _close_quietly(p.producer for p in parts.values())
+
+    def _own(
+        self,
+        consumer: AIOKafkaConsumer,
+        parts: dict[TopicPartition, Part],
+        states: dict[tuple[str, int], DedupeState],
+        committed: dict[TopicPartition, int],
+        started: float,
+    ) -> None:
         metrics.DEDUPE_RESTORE.observe(time.monotonic() - started)
         for tp, part in parts.items():
             part.state = states[(part.source, tp.partition)]
             consumer.seek(tp, committed[tp])
             self._parts[tp] = part
             self._pending.pop(tp, None)
-        if tps:
-            consumer.resume(*tps)
+            self._failing.pop(tp, None)
+            self._waiting.pop(tp, None)
+            metrics.MAP_PARTITION_WAITING.labels(tp.topic, str(tp.partition)).set_function(_zero)
+        if parts:
+            consumer.resume(*parts)
             log.info(
                 "map: own %s (dedupe state: %d ids, restored in %.2f s)",
-                ", ".join(_name(tp) for tp in tps),
+                ", ".join(_name(tp) for tp in parts),
                 sum(p.state.size for p in parts.values() if p.state is not None),
                 time.monotonic() - started,
             )
         self._update_size()
-        if not self._pending:
-            self.health.set(COMPONENT, True, "")
 
     async def _fence_and_restore(
         self,
         consumer: AIOKafkaConsumer,
-        restorer: AIOKafkaConsumer,
+        number: int,
         parts: dict[TopicPartition, Part],
+        deadline: float,
     ) -> tuple[dict[tuple[str, int], DedupeState], dict[TopicPartition, int]]:
         """Start the producers, then read the dedupe states and the offsets to resume from.
 
@@ -269,17 +328,52 @@ class MapProcessor(Service):
         for result in await asyncio.gather(*starts, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result
-        wanted: dict[int, set[str]] = {}
-        for tp, part in parts.items():
-            wanted.setdefault(tp.partition, set()).add(part.source)
-        states = await restore(
-            restorer, self.topics.dedupe, wanted, self._new_state, self._restore_timeout_s
-        )
+        reader = kafka.consumer(self.settings.kafka, group_id=None, fetch_max_wait_ms=100)
+        await reader.start()
+        try:
+            wanted = {number: {part.source for part in parts.values()}}
+            states = await restore(
+                reader,
+                self.topics.dedupe,
+                wanted,
+                self._new_state,
+                max(0.0, deadline - time.monotonic()),
+            )
+        finally:
+            await reader.stop()
         committed = {tp: await consumer.committed(tp) for tp in parts}
         missing = [tp for tp, offset in committed.items() if offset is None]
         if missing:
             committed.update(await consumer.beginning_offsets(missing))
-        return states, committed
+        return states, {tp: offset for tp, offset in committed.items() if offset is not None}
+
+    # --- partitions waiting to be set up --------------------------------------------------
+
+    def _wait(self, tp: TopicPartition, reason: str) -> None:
+        """Note that ``tp`` waits to be set up (since the first call, until owned)."""
+        since = self._waiting.get(tp, (time.monotonic(), ""))[0]
+        self._waiting[tp] = (since, reason)
+        metrics.MAP_PARTITION_WAITING.labels(tp.topic, str(tp.partition)).set_function(
+            functools.partial(_since, since)
+        )
+
+    def _forget_waiting(self, tps: set[TopicPartition]) -> None:
+        for tp in tps:
+            self._waiting.pop(tp, None)
+            with contextlib.suppress(KeyError):  # never waited in this process
+                metrics.MAP_PARTITION_WAITING.remove(tp.topic, str(tp.partition))
+
+    def _waiting_reason(self) -> str | None:
+        """``/readyz``'s reason while a partition is not set up (None when all are): the
+        longest-waiting partitions by name, how long, and the latest reason of the first."""
+        if not self._waiting:
+            return None
+        now = time.monotonic()
+        oldest = sorted(self._waiting.items(), key=lambda item: (item[1][0], _name(item[0])))
+        since, why = oldest[0][1]
+        named = ", ".join(_name(tp) for tp, _ in oldest[:_NAMED])
+        more = f" and {len(oldest) - _NAMED} more" if len(oldest) > _NAMED else ""
+        return f"{named}{more} not set up for {now - since:.0f} s: {why}"[:300]
 
     def _new_state(self) -> DedupeState:
         return DedupeState(self._window_ms)
@@ -392,17 +486,25 @@ class MapProcessor(Service):
         self._retry_later(tp, exc, self._fence_backoff_s if fenced else None)
 
     def _retry_later(
-        self, tp: TopicPartition, exc: BaseException, delay: float | None = None
+        self,
+        tp: TopicPartition,
+        exc: BaseException,
+        delay: float | None = None,
+        *,
+        fatal: bool = True,
     ) -> None:
+        """Set ``tp`` up again after a backoff; ``fatal``: give up past ``retry_timeout_s``."""
         now = time.monotonic()
         since, backoff = self._failing.setdefault(tp, (now, Backoff(*self._backoff)))
-        if now - since > self._retry_timeout_s:
+        if fatal and now - since > self._retry_timeout_s:
             self._fatal = exc
             log.error("map: %s failing for %.0f s, giving up: %r", _name(tp), now - since, exc)
             return
         wait = backoff.next() if delay is None else delay
         self._pending[tp] = now + wait
-        self.health.set(COMPONENT, False, f"{_name(tp)}: {exc!r}"[:200])
+        self._wait(tp, f"{exc!r}")
+        if not fatal:
+            log.warning("map: %s not set up (%s); again in %.1f s", _name(tp), _short(exc), wait)
 
     def _update_size(self) -> None:
         # One state per input partition: the input topic says whose ids it holds.
@@ -414,8 +516,32 @@ class MapProcessor(Service):
             metrics.DEDUPE_SIZE.labels(source).set(size)
 
 
+_NAMED = 4  # partitions named in the readiness reason
+_BACKSTOP_S = 1.0  # past restore_timeout_s, before a hanging set-up step is cancelled
+
+
 def _name(tp: TopicPartition) -> str:
     return f"{tp.topic}[{tp.partition}]"
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _since(start: float) -> float:
+    return time.monotonic() - start
+
+
+def _zero() -> float:
+    return 0.0
+
+
+async def _close_quietly(producers: Iterable[AIOKafkaProducer], timeout_s: float = 5.0) -> None:
+    """Stop ``producers`` that never ran a transaction, each within ``timeout_s``."""
+    stops = [asyncio.wait_for(producer.stop(), timeout_s) for producer in producers]
+    for result in await asyncio.gather(*stops, return_exceptions=True):
+        if isinstance(result, Exception):
+            log.info("map: closing a producer failed: %r", result)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -30,6 +30,7 @@ from tests.sources.ticketmatic.support import (
     tm_settings,
     topic_partitions,
 )
+from tests.transactions import open_transaction
 
 pytestmark = pytest.mark.kafka
 
@@ -313,13 +314,9 @@ async def test_a_hanging_transaction_on_the_cursors_does_not_stop_the_account(
         names = Topics.for_prefix(settings.topic_prefix)
         partitions = await topic_partitions(settings, names.cursors)
         partition = cursors.cursor_partition("acme", len(partitions))
-        hanging = kafka.producer(
-            settings.kafka, transactional_id=unique("hang"), transaction_timeout_ms=600_000
-        )
-        await hanging.start()
-        try:
-            await hanging.begin_transaction()
-            await hanging.send_and_wait(names.cursors, b"{}", key=b"other", partition=partition)
+        async with open_transaction(
+            settings.kafka, unique("hang"), names.cursors, partition, key=b"other", value=b"{}"
+        ):
             stop = asyncio.Event()
             task = await run_service(settings, stop)
             async with TopicReader(settings, names.ticketmatic) as reader:
@@ -328,7 +325,4 @@ async def test_a_hanging_transaction_on_the_cursors_does_not_stop_the_account(
                 await task
                 await reader.settle()
             assert_exactly_once_in_order(reader.records, sim, ["acme"])
-        finally:
-            await hanging.abort_transaction()
-            await hanging.stop()
     assert any("is pinned at offset" in r.getMessage() for r in caplog.records)
