@@ -180,7 +180,7 @@ TM_MALFORMED = Counter(
     "streamproc_ticketmatic_malformed_pages_total",
     "Eventstream answers refused before anything of them was written, by reason (not_json, "
     "invalid, too_large, too_deep, ids_not_ascending, before_cursor, future_item, "
-    "nextid_behind, nextid_future).",
+    "nextid_behind, nextid_ahead, nextid_future).",
     ["account", "reason"],
 )
 TM_DUPLICATES = Counter(

@@ -211,7 +211,8 @@ def misshapen_page(
 
     ``descending``: the same items, newest first. ``future_id``: the last item (or, on an
     empty page, a pageview of its own) with an id and ts 100 years after ``now_ms``, the
-    nextid unchanged. ``runaway_nextid``: nextid is ``RUNAWAY_NEXTID``. ``creep``: no
+    nextid unchanged. ``runaway_nextid``: nextid is ``RUNAWAY_NEXTID``. ``skip_nextid``:
+    moreresults true and nextid ``<now_ms>-0``, past the items not served yet. ``creep``: no
     items, moreresults true and a nextid one sequence number past ``start``. Any other
     mode: the page as it is (a drip sends it slowly).
     """
@@ -221,6 +222,8 @@ def misshapen_page(
         return page_body([*items[:-1], _future(items[-1] if items else None, now_ms)], nextid, more)
     if mode == "runaway_nextid":
         return page_body(items, RUNAWAY_NEXTID, more)
+    if mode == "skip_nextid":
+        return page_body(items, f"{now_ms}-0", True)
     if mode == "creep":
         ms, seq = start or (0, 0)
         return orjson.dumps({"results": [], "nextid": f"{ms}-{seq + 1}", "moreresults": True})

@@ -22,6 +22,7 @@ Mode = Literal[
     "descending",  # the page's items in descending id order
     "future_id",  # the page's last item with an id and ts 100 years ahead
     "runaway_nextid",  # a normal page whose nextid is RUNAWAY_NEXTID
+    "skip_nextid",  # a normal page, moreresults true, nextid at now: past items not served
     "creep",  # no items, moreresults true, nextid one sequence past the requested id
     "oversized",  # a 200 of `size` bytes of a valid-looking page, streamed
     "deep",  # a 200 of valid JSON nested `depth` deep (inside an item's data)

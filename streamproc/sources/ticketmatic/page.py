@@ -13,7 +13,10 @@ it and a cursor that jumps ahead drops every later item as a duplicate: ids must
 strictly within the page and lie at or above the cursor (the item the request started
 from may come back, and is dropped as a duplicate), no id, item time or ``nextid`` may be
 more than ``max_skew_ms`` ahead of our clock, and ``nextid`` may not lie before the
-page's last item. A page that fails raises :class:`DecodeError` with the check's name as
+page's last item, nor, while ``moreresults`` says there is more and no ``eventtypes``
+filter lets the server pass items over, beyond the id just after it (the documented
+``nextid``): a server that pointed past items it has not served would make us skip them
+for good. A page that fails raises :class:`DecodeError` with the check's name as
 its ``code``: nothing of it is written and the cursor stays where it was.
 """
 
@@ -47,6 +50,7 @@ MALFORMED_REASONS = (
     "before_cursor",
     "future_item",
     "nextid_behind",
+    "nextid_ahead",
     "nextid_future",
 )
 
@@ -106,13 +110,16 @@ def build(
     asof_ms: int,
     poller: str,
     max_skew_ms: int = MAX_SKEW_MS,
+    filtered: bool = False,
 ) -> PageRecords:
     """The records and the new cursor for ``page``, fetched at ``asof_ms`` from ``cursor``.
 
     ``moved`` says the cursor's ``id`` or ``next`` changed; ``known_ms`` advances to
     ``asof_ms`` when Ticketmatic said there was nothing more, else to the newest item.
-    Raises DecodeError (``code`` ids_not_ascending, before_cursor, future_item,
-    nextid_behind or nextid_future) for a page that fails the checks of the module doc.
+    ``filtered``: the request named ``eventtypes``, so ``nextid`` may pass over items of
+    other types. Raises DecodeError (``code`` ids_not_ascending, before_cursor,
+    future_item, nextid_behind, nextid_ahead or nextid_future) for a page that fails the
+    checks of the module doc.
     """
     previous = cursor or Cursor()
     floor = position_key(previous.id) if previous.id else None
@@ -130,6 +137,7 @@ def build(
         (H_POLLER, poller.encode()),
     ]
     item_ms: dict[str, int] = {}  # the items of a page share few distinct times
+    ends_with_id = False  # the page's last item has a readable id
     for index, raw_item in enumerate(page.results or ()):
         raw = bytes(raw_item)
         item: TmItem | None = None
@@ -142,6 +150,7 @@ def build(
             error = exc
             item_id, ref = _peek(raw)
             key = _key_or_none(item_id)
+        ends_with_id = key is not None
         if key is not None:
             _check_item(index, key, last, floor, horizon)
             last = key
@@ -186,6 +195,13 @@ def build(
         raise DecodeError("nextid", "is in the future", code="nextid_future")
     if last is not None and next_key < last:
         raise DecodeError("nextid", "lies before the page's last item", code="nextid_behind")
+    sure = page.moreresults and ends_with_id and not filtered  # nextid must follow the page
+    if sure and last is not None and next_key > (last[0], last[1] + 1):
+        raise DecodeError(
+            "nextid",
+            "skips past the id after the page's last item while moreresults is true",
+            code="nextid_ahead",
+        )
     # "0" is the nextid of an empty stream: it says nothing about a position.
     next_id = page.nextid if next_key > (0, 0) else None
     known = asof_ms if not page.moreresults else (newest_key[0] if newest_key else 0)

@@ -265,6 +265,7 @@ class AccountPoller:
                         asof_ms=asof_ms,
                         poller=self.poller_id,
                         max_skew_ms=self.max_skew_ms,
+                        filtered=bool(self.eventtypes),
                     )
                 except StreamprocError as exc:
                     await _sleep(self._failed(exc), stop)

@@ -119,6 +119,12 @@ FAULTS: list[tuple[str, Callable[[TicketmaticSim], None], str, dict[str, str]]] 
         {"reason": "nextid_future"},
     ),
     (
+        "skip_nextid",
+        lambda sim: sim.misbehave("skip_nextid", count=3),
+        "streamproc_ticketmatic_malformed_pages_total",
+        {"reason": "nextid_ahead"},
+    ),
+    (
         "deep",
         lambda sim: sim.misbehave("deep", count=2),
         "streamproc_ticketmatic_malformed_pages_total",

@@ -37,7 +37,9 @@ def page_of(*raws: bytes, nextid: str = "0", more: bool = False) -> bytes:
     )
 
 
-def run(body: bytes, cursor: Cursor | None = None, asof_ms: int = 5_000) -> PageRecords:
+def run(
+    body: bytes, cursor: Cursor | None = None, asof_ms: int = 5_000, *, filtered: bool = False
+) -> PageRecords:
     return build(
         decode_page(body),
         account="acme",
@@ -46,6 +48,7 @@ def run(body: bytes, cursor: Cursor | None = None, asof_ms: int = 5_000) -> Page
         received_ms=NOW_MS,
         asof_ms=asof_ms,
         poller="host:1",
+        filtered=filtered,
     )
 
 
@@ -111,6 +114,8 @@ def _refused(body: bytes, cursor: Cursor | None = None) -> DecodeError:
         (["1000-10", f"{NOW_MS + 301_000}-0"], "1000-11", "future_item", "results[1].id"),
         (["1000-10"], "9999999999999-0", "nextid_future", "nextid"),
         (["1000-10", "1000-12"], "1000-11", "nextid_behind", "nextid"),
+        (["1000-10", "1000-12"], "1000-14", "nextid_ahead", "nextid"),
+        (["1000-10", "1000-12"], f"{NOW_MS}-0", "nextid_ahead", "nextid"),
     ],
 )
 def test_an_insane_page_is_refused_whole(
@@ -121,6 +126,19 @@ def test_an_insane_page_is_refused_whole(
     body = page_of(*(orjson.dumps(item(i)) for i in ids), nextid=nextid, more=True)
     error = _refused(body, cursor)
     assert (error.code, error.field) == (code, field)
+
+
+def test_a_nextid_past_the_last_item_is_taken_where_it_skips_nothing() -> None:
+    """Beyond the id after the last item, nextid would skip unserved items: refused while
+    moreresults is true (above); kept when the stream said it has no more, or when an
+    eventtypes filter lets the server pass over items of other types."""
+    items = [orjson.dumps(item("1000-10")), orjson.dumps(item("1000-12"))]
+    exact = run(page_of(*items, nextid="1000-13", more=True))
+    assert exact.cursor.next == "1000-13"
+    caught_up = run(page_of(*items, nextid=f"{NOW_MS}-0", more=False))
+    assert caught_up.cursor.next == f"{NOW_MS}-0"
+    filtered = run(page_of(*items, nextid="1500-0", more=True), filtered=True)
+    assert filtered.cursor.next == "1500-0"
 
 
 def test_an_item_time_in_the_future_refuses_the_page() -> None:
