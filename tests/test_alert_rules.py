@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import yaml
 
 from tests.promtool import ROOT, Promtool
@@ -78,6 +79,61 @@ def test_unit_tests_make_every_alert_fire_and_stay_quiet() -> None:
     assert not fired - rules, f"expected but not in alerts.yaml: {sorted(fired - rules)}"
     names = {name for name, _severity in rules}
     assert not names - quiet, f"never seen quiet: {sorted(names - quiet)}"
+
+
+def dropped_namespace(expr: promql_parser.Expr) -> list[str]:
+    """Each aggregation or vector match in ``expr`` that loses the ``namespace`` label.
+
+    The one allowed: ``on () absent(...)``, the alert that fires when nothing is scraped at
+    all (there is no namespace then to keep).
+    """
+    found: list[str] = []
+    todo = [expr]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, promql_parser.AggregateExpr):
+            mod = node.modifier
+            if mod is None:
+                found.append(f"{node.op} without by (...): {node}")
+            elif (mod.type == promql_parser.AggModifierType.By) != ("namespace" in mod.labels):
+                found.append(f"{node.op} {mod}: {node}")
+        if isinstance(node, promql_parser.BinaryExpr):
+            match = node.modifier.matching if node.modifier is not None else None
+            absent = isinstance(node.rhs, promql_parser.Call) and node.rhs.func.name == "absent"
+            on = match is not None and match.type == promql_parser.LabelModifierType.Include
+            if on and match is not None and "namespace" not in match.labels and not absent:
+                found.append(f"{node.modifier}: {node}")
+        for name in ("lhs", "rhs", "expr", "param"):
+            child = getattr(node, name, None)
+            if isinstance(child, promql_parser.Expr):
+                todo.append(child)
+        todo += [arg for arg in getattr(node, "args", []) or [] if arg is not None]
+    return found
+
+
+def test_every_alert_keeps_the_namespace() -> None:
+    """One Prometheus may scrape several installs: every aggregation and vector match of
+    every alert keeps ``namespace``, so prod's alert is not summed with staging's and
+    carries the namespace to route on."""
+    problems = {
+        rule["alert"]: found
+        for rule in alert_rules()
+        if (found := dropped_namespace(promql_parser.parse(rule["expr"])))
+    }
+    assert not problems
+
+
+def test_a_sum_across_namespaces_is_caught() -> None:
+    for expr in (
+        "sum(up) == 0",
+        "min by (account) (x) < 1",
+        "a > on (pod) b",
+        "sum without (namespace) (x)",
+    ):
+        assert dropped_namespace(promql_parser.parse(expr)), expr
+    assert not dropped_namespace(
+        promql_parser.parse("sum by (namespace) (up) == 0 or on () absent(up)")
+    )
 
 
 def test_a_wrong_expectation_fails(promtool: Promtool, tmp_path: Path) -> None:

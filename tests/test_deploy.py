@@ -306,14 +306,26 @@ def test_dashboard_queries_read_the_chosen_namespace_and_job() -> None:
             assert not problems, f"{panel['title']}: {problems}"
 
 
+OF_COUNTER = re.compile(r"\b(?:rate|increase)\(streamproc_[a-z0-9_]+_total\b")
+
+
 def test_panels_summing_a_counter_into_one_number_show_zero_without_series() -> None:
     """A labelled counter exists only from its first increment: a single-number sum of one
     ends in `or vector(0)`, so it reads 0 instead of "No data"."""
     for title, expr, _legend in dashboard_exprs():
         one_number = expr.startswith("sum(") and "/" not in expr
-        of_counter = re.search(r"\b(?:rate|increase)\(streamproc_[a-z0-9_]+_total\b", expr)
-        if one_number and of_counter:
+        if one_number and OF_COUNTER.search(expr):
             assert expr.endswith(" or vector(0)"), title
+
+
+def test_panels_of_counters_by_label_show_zero_without_series() -> None:
+    """A panel of counter rates by label (`or vector(0)` cannot keep the labels) says 0,
+    not "No data", while no labelled series exists yet: Grafana's ``noValue``."""
+    for panel in all_panels(dashboard()["panels"]):
+        exprs = [target["expr"] for target in panel.get("targets", [])]
+        of_counters = exprs and all(OF_COUNTER.search(e) for e in exprs)
+        if of_counters and not all(e.endswith(" or vector(0)") for e in exprs):
+            assert panel["fieldConfig"]["defaults"].get("noValue") == "0", panel["title"]
 
 
 # --- the alert rules ------------------------------------------------------------------
@@ -599,11 +611,12 @@ def test_receiver_service_and_budget_match_its_pods() -> None:
 
 
 def test_optional_autoscalers_scale_on_consumer_lag_within_partitions() -> None:
-    """The optional HPAs target map/deliver on a streamproc metric, within the partitions."""
+    """The optional HPA targets map on a streamproc metric, within the partitions; deliver,
+    bound by the feed's rate limit that its replicas share, is not autoscaled."""
     settings = config.load_settings(env=configured_env())
     hpas = of_kind("HorizontalPodAutoscaler", manifests(K8S / "optional"))
     assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == {
-        deployments()[r]["metadata"]["name"] for r in ("map", "deliver")
+        deployments()["map"]["metadata"]["name"]
     }
     for hpa in hpas:
         assert hpa["spec"]["maxReplicas"] <= settings.topics.partitions

@@ -69,6 +69,8 @@ async def test_sigkill_mid_request_then_restart_loses_nothing(
     assert sorted(orjson.dumps(b) for b in sim.batches()) == sorted(values)
     # The request in flight at the kill landed, was never committed, and was sent again.
     assert stats.duplicates > 0
+    # And no more than what was in flight or read ahead, uncommitted (batches of 100).
+    assert stats.duplicates <= (2 + READ_AHEAD) * 100
     assert stats.duplicates_differing == 0
     assert stats.batches_received == 500 + stats.duplicates
 
