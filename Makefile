@@ -53,7 +53,7 @@ $(PROMTOOL_CACHED):
 bench: install kafka-up ## run every benchmark against the local broker, print one table
 	$(BIN)/python -m streamproc.bench
 
-fuzz: install kafka-up ## 100,000 generated pushes against streamproc receive on the local broker
+fuzz: install kafka-up ## 100,000 generated pushes against streamproc receive, 100,000 records through streamproc map
 	$(BIN)/python -m tests.fuzz
 
 run: install ## the whole pipeline locally: broker, simulators, every role, live progress

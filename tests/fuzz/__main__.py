@@ -1,4 +1,5 @@
-"""``make fuzz``: generated requests against ``streamproc receive`` on the local broker.
+"""``make fuzz``: generated requests against ``streamproc receive`` on the local broker,
+then generated records through ``streamproc map`` (:mod:`tests.fuzz.mapping`).
 
 Starts the receiver as a process of its own (topics of a fresh prefix, a 16 KiB body
 limit, the fuzz senders), draws ``--cases`` requests with :mod:`tests.fuzz.requests`
@@ -30,6 +31,7 @@ from hypothesis import HealthCheck, Phase, given, seed
 from streamproc import kafka, localkafka, topics
 from streamproc.bench.__main__ import drop_topics
 from streamproc.config import KafkaSettings, ReceiverSettings, Settings
+from tests.fuzz import mapping
 from tests.fuzz.client import Client
 from tests.fuzz.ledger import Ledger
 from tests.fuzz.requests import SENDERS, Request, request_batches
@@ -124,9 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="connections sending at once")
     parser.add_argument("--batch", type=int, default=8, help="requests per drawn set of records")
     parser.add_argument("--seed", type=int, help="hypothesis seed, to run the same cases again")
+    parser.add_argument(
+        "--only", choices=["receiver", "mapping"], help="run one half (default: both)"
+    )
     port = os.environ.get("KAFKA_PORT", "9092")
     parser.add_argument("--bootstrap", default=f"127.0.0.1:{port}")
     args = parser.parse_args(argv)
+    failed = 0
+    if args.only != "mapping":
+        failed |= fuzz_receiver(args)
+    if args.only != "receiver":
+        log_dir = Path(tempfile.mkdtemp(prefix="streamproc-fuzz-"))
+        failed |= mapping.run(args.bootstrap, args.cases, args.seed, log_dir)
+    return failed
+
+
+def fuzz_receiver(args: argparse.Namespace) -> int:
     config = fuzz_settings(args.bootstrap)
     asyncio.run(topics.ensure(config))
     log_path = Path(tempfile.mkdtemp(prefix="streamproc-fuzz-")) / "receive.log"
