@@ -6,6 +6,10 @@ connections with a minimal client (so the client's cost stays small next to the
 receiver's). Two runs: at saturation (``SATURATION_CONNECTIONS`` connections pushing back
 to back) and open-loop at a fixed 1000 pushes per second, whose latency is measured from
 each push's scheduled time (a late push counts its wait). Every 202 waits for Kafka.
+A third run pushes at ``SLOW_RATE`` while ``SLOW_CLIENTS`` hostile connections are held
+open (silent ones, slowloris ones sending a header byte a second, idle kept-alive ones,
+twice ``receiver.max_connections`` in all): the normal client's latency, the pushes it
+lost and the receiver process's resident memory show what they cost.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ SATURATION_CONNECTIONS = 64
 FIXED_RATE = 1000.0
 FIXED_CONNECTIONS = 128
 BODIES = 2000
+SLOW_RATE = 200.0
+SLOW_CONNECTIONS = 16
+# (silent, slowloris, idle kept-alive) connections held during the third run.
+SLOW_CLIENTS = (1000, 500, 500)
 
 
 def _serve(settings: Settings) -> None:
@@ -171,6 +179,97 @@ async def _fixed_rate(port: int, requests: list[bytes]) -> tuple[float, list[flo
     return accepted / RUN_S, latencies
 
 
+def _rss_mib(pid: int) -> float:
+    """The resident memory of process ``pid`` (Linux /proc), in MiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _hold_slow_clients(port: int, request: bytes, stop: asyncio.Event) -> int:
+    """Open SLOW_CLIENTS' connections and keep them misbehaving until ``stop``; returns
+    how many of them the receiver closed meanwhile (as it should, in time)."""
+    silent_n, slowloris_n, idle_n = SLOW_CLIENTS
+    writers: list[asyncio.StreamWriter] = []
+    readers: list[asyncio.StreamReader] = []
+    for _ in range(silent_n + slowloris_n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        readers.append(reader)
+        writers.append(writer)
+    slowloris = writers[silent_n:]
+    for writer in slowloris:
+        writer.write(b"POST " + ROUTE_EVENTS.encode() + b" HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(idle_n):
+        client = await Client.open(port)
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await client.push(request)
+        readers.append(client.reader)
+        writers.append(client.writer)
+    while not stop.is_set():
+        for writer in slowloris:
+            if not writer.is_closing():
+                with contextlib.suppress(OSError):
+                    writer.write(b"X")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    closed = sum(1 for reader in readers if reader.at_eof())
+    for writer in writers:
+        writer.close()
+    return closed
+
+
+async def _under_slow_clients(
+    port: int, requests: list[bytes], pid: int
+) -> tuple[float, list[float], int, float, float]:
+    """(acknowledged pushes/s, latencies, pushes lost, RSS before and peak in MiB)."""
+    loop = asyncio.get_running_loop()
+    before = _rss_mib(pid)
+    stop = asyncio.Event()
+    holder = asyncio.create_task(_hold_slow_clients(port, requests[0], stop))
+    await asyncio.sleep(3.0)  # let them all connect
+    peak = _rss_mib(pid)
+    latencies: list[float] = []
+    lost = accepted = 0
+    due: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
+
+    async def worker() -> None:
+        nonlocal lost, accepted
+        client: Client | None = None
+        while (item := await due.get()) is not None:
+            i, scheduled = item
+            try:
+                client = client or await Client.open(port)
+                status = await client.push(requests[i % len(requests)])
+            except (OSError, asyncio.IncompleteReadError):
+                client, status = None, 0  # a dropped connection: that push is lost
+            if status == 202:
+                accepted += 1
+                latencies.append(loop.time() - scheduled)
+            else:
+                lost += 1
+        if client is not None:
+            await client.close()
+
+    workers = [asyncio.create_task(worker()) for _ in range(SLOW_CONNECTIONS)]
+    start = loop.time() + 0.1
+    for i in range(int(RUN_S * SLOW_RATE)):
+        scheduled = start + i / SLOW_RATE
+        if (delay := scheduled - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        due.put_nowait((i, scheduled))
+        if i % int(SLOW_RATE) == 0:
+            peak = max(peak, _rss_mib(pid))
+    for _ in workers:
+        due.put_nowait(None)
+    await asyncio.gather(*workers)
+    peak = max(peak, _rss_mib(pid))
+    stop.set()
+    await holder
+    return accepted / RUN_S, latencies, lost, before, peak
+
+
 async def bench(settings: Settings) -> list[Row]:
     """Saturation and fixed-rate figures for one receiver process."""
     key, secret = "bench", secrets.token_hex(16)
@@ -198,6 +297,10 @@ async def bench(settings: Settings) -> list[Row]:
         saturated, sat_latency = await _saturate(port, requests)
         await asyncio.sleep(1.0)
         fixed, fixed_latency = await _fixed_rate(port, requests)
+        await asyncio.sleep(1.0)
+        slow, slow_latency, lost, rss_before, rss_peak = await _under_slow_clients(
+            port, requests, process.pid or 0
+        )
     finally:
         gc.enable()
         process.terminate()  # SIGTERM: the receiver drains and exits 0
@@ -213,6 +316,11 @@ async def bench(settings: Settings) -> list[Row]:
         Row("receiver at 1000/s: acknowledged pushes", fixed, "pushes/s", "1,000"),
         Row("receiver at 1000/s: p50 latency", _percentile(fixed_latency, 0.5) * ms, "ms"),
         Row("receiver at 1000/s: p99 latency", _percentile(fixed_latency, 0.99) * ms, "ms", "< 50"),
+        Row(f"receiver, {sum(SLOW_CLIENTS):,} slow clients: pushes", slow, "pushes/s", "200"),
+        Row("receiver, slow clients: pushes lost", lost, "pushes", "0"),
+        Row("receiver, slow clients: p99", _percentile(slow_latency, 0.99) * ms, "ms", "< 100"),
+        Row("receiver, slow clients: RSS before", rss_before, "MiB"),
+        Row("receiver, slow clients: RSS peak", rss_peak, "MiB"),
     ]
 
 

@@ -7,8 +7,10 @@ headers, and cancels the handler of a client that went away. :class:`Listener` a
 it lacks:
 
 - at most ``max_connections`` open at once: one more takes the place of the connection
-  idle the longest between requests (closed, ``idle_evicted``), else of the one that has
-  waited the longest for a request head (``head_evicted``), else, every connection being
+  that has waited the longest for a request head if that is over ``HEAD_GRACE_S`` (a
+  real client sends its head within milliseconds: this is a silent or slowloris one;
+  ``head_evicted``), else of the one idle the longest between requests (closed,
+  ``idle_evicted``), else of the longest waiting for a head, else, every connection being
   busy with a request, it is answered 503 with ``Retry-After`` at once and closed
   (``over_capacity``) instead of waiting in the backlog. So clients that hold
   connections without sending requests, which anyone can, never keep a new one out: a
@@ -35,6 +37,7 @@ import errno
 import logging
 import os
 import resource
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -49,6 +52,10 @@ LINGER_S = 1.0  # a refused connection drops what it is sent for this long, then
 BURST_QUIET_S = 5.0  # accept() failures closer than this are one burst, logged once
 FD_RESERVE = 64  # files kept for Kafka, the metrics server, logs: not for connections
 BACKLOG = 128
+# A connection waiting this long for its request head goes before any idle one when room
+# is needed: evicting idle kept-alive connections first would make the normal clients that
+# hold them reconnect, each reconnect evicting another of them, while slow ones stay.
+HEAD_GRACE_S = 1.0
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _DROPPED = {
     reason: metrics.RX_DROPPED.labels(reason)
@@ -252,9 +259,9 @@ class Listener:
         self._refusal = _refusal(retry_after)
         self._open = 0
         # The connections that may make room for a new one past the cap, by state, each in
-        # the order it entered that state: the first to go is the longest idle, else the
-        # one waiting the longest for a request head. Busy ones are not in either.
-        self._evictable: dict[State, collections.OrderedDict[_Guarded, None]] = {
+        # the order it entered that state, with the (monotonic) time it did: see the module
+        # doc for which goes first. Busy ones are not in either.
+        self._evictable: dict[State, collections.OrderedDict[_Guarded, float]] = {
             "idle": collections.OrderedDict(),
             "head": collections.OrderedDict(),
         }
@@ -320,7 +327,7 @@ class Listener:
         """``guard`` entered its state: it goes last in that state's order."""
         for state, waiting in self._evictable.items():
             if state == guard.state:
-                waiting[guard] = None
+                waiting[guard] = time.monotonic()
             else:
                 waiting.pop(guard, None)
 
@@ -328,7 +335,9 @@ class Listener:
         if self._open >= self.max_connections:
             # Closing a connection that sends no request costs its client a reconnect;
             # a refusal costs a push.
-            state: State = "idle" if self._evictable["idle"] else "head"
+            heads = self._evictable["head"]
+            slow = bool(heads) and time.monotonic() - next(iter(heads.values())) >= HEAD_GRACE_S
+            state: State = "idle" if self._evictable["idle"] and not slow else "head"
             if not self._evictable[state]:
                 dropped("over_capacity")
                 return _Refused(self._refusal, self._lingering)

@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from streamproc import localkafka
 from streamproc.config import Settings
+from streamproc.sources.ticketure import connections
 from streamproc.sources.ticketure.receiver import Receiver
 from tests.procs import settings_env, wait_for
 from tests.sources.ticketure.conftest import receiver_settings
@@ -160,6 +161,37 @@ async def test_past_max_connections_a_new_one_replaces_an_idle_or_slow_one_else_
     assert dropped("idle_evicted") >= before["idle_evicted"] + 5
     assert dropped("head_evicted") >= before["head_evicted"] + 1
     assert dropped("over_capacity") == before["over_capacity"] + 1
+
+
+async def test_past_max_connections_a_slow_head_goes_before_an_idle_client(
+    kafka_settings: Settings,
+) -> None:
+    """Full with idle kept-alive clients and connections silent for over HEAD_GRACE_S: a
+    newcomer replaces a silent one, and the idle clients push again on their connections
+    (evicting them first would make each reconnect evict another)."""
+    settings = receiver_settings(kafka_settings, max_connections=6)
+    before = dropped("head_evicted")
+    body = orjson.dumps(ticket())
+    request = head("/ticketure/events", BASIC, len(body)) + body
+    async with Receiver(settings, host="127.0.0.1", port=0) as rx:
+        idle = [await Conn.open(rx.port) for _ in range(3)]
+        for conn in idle:
+            await conn.send(request)
+            assert (await conn.answer())[0] == 202
+        silent = [await Conn.open(rx.port) for _ in range(3)]
+        await asyncio.sleep(connections.HEAD_GRACE_S + 0.2)
+        newcomers = [await Conn.open(rx.port) for _ in range(3)]  # kept open: each one
+        for newcomer in newcomers:  # needs the room of another
+            await newcomer.send(request)
+            assert (await newcomer.answer())[0] == 202
+        for conn in silent:
+            assert await conn.closed_within(2)
+        for conn in idle:  # never evicted: their next push is taken on the same connection
+            await conn.send(request)
+            assert (await conn.answer())[0] == 202
+        for conn in [*idle, *newcomers, *silent]:
+            conn.close()
+    assert dropped("head_evicted") == before + 3
 
 
 async def test_readyz_says_not_ready_when_open_files_near_the_limit(
