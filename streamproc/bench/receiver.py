@@ -222,8 +222,9 @@ async def _hold_slow_clients(port: int, request: bytes, stop: asyncio.Event) -> 
 
 async def _under_slow_clients(
     port: int, requests: list[bytes], pid: int
-) -> tuple[float, list[float], int, float, float]:
-    """(acknowledged pushes/s, latencies, pushes lost, RSS before and peak in MiB)."""
+) -> tuple[float, list[float], int, int, float, float]:
+    """(acknowledged pushes/s, latencies, pushes lost, slow connections the receiver
+    closed, its RSS before and at peak in MiB)."""
     loop = asyncio.get_running_loop()
     before = _rss_mib(pid)
     stop = asyncio.Event()
@@ -266,8 +267,8 @@ async def _under_slow_clients(
     await asyncio.gather(*workers)
     peak = max(peak, _rss_mib(pid))
     stop.set()
-    await holder
-    return accepted / RUN_S, latencies, lost, before, peak
+    closed = await holder
+    return accepted / RUN_S, latencies, lost, closed, before, peak
 
 
 async def bench(settings: Settings) -> list[Row]:
@@ -298,7 +299,7 @@ async def bench(settings: Settings) -> list[Row]:
         await asyncio.sleep(1.0)
         fixed, fixed_latency = await _fixed_rate(port, requests)
         await asyncio.sleep(1.0)
-        slow, slow_latency, lost, rss_before, rss_peak = await _under_slow_clients(
+        slow, slow_latency, lost, closed, rss_before, rss_peak = await _under_slow_clients(
             port, requests, process.pid or 0
         )
     finally:
@@ -319,6 +320,7 @@ async def bench(settings: Settings) -> list[Row]:
         Row(f"receiver, {sum(SLOW_CLIENTS):,} slow clients: pushes", slow, "pushes/s", "200"),
         Row("receiver, slow clients: pushes lost", lost, "pushes", "0"),
         Row("receiver, slow clients: p99", _percentile(slow_latency, 0.99) * ms, "ms", "< 100"),
+        Row("receiver, slow clients: closed by it", closed, "connections"),
         Row("receiver, slow clients: RSS before", rss_before, "MiB"),
         Row("receiver, slow clients: RSS peak", rss_peak, "MiB"),
     ]

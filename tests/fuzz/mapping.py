@@ -83,7 +83,6 @@ class Report:
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     escaped: int = 0
     invalid_batches: int = 0
-    written: int = 0  # records written to the input topics (the first of each mapped id)
     examples: dict[str, str] = field(default_factory=dict)
 
     def problem(self, kind: str, example: object) -> None:
