@@ -113,6 +113,8 @@ def admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
 
 async def partitions(client: AIOKafkaAdminClient, topics: Sequence[str]) -> list[TopicPartition]:
     """Every partition of ``topics`` that exist, in topic then partition order."""
+    if not topics:  # an empty metadata request means every topic of the cluster
+        return []
     described = await client.describe_topics(list(topics))
     return [
         TopicPartition(d["topic"], p["partition"])

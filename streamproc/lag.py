@@ -25,6 +25,11 @@ For every partition of the group's topics, every ``interval_s``:
   (nothing can read them), but the pinned time counts as lag in seconds, so the headroom
   falls while it lasts.
 
+Changelog topics the group's members restore at start-up (``changelogs``: the dedupe state
+for map, the cursors for poll) are read to their end in ``read_committed`` too, so a
+transaction pinned there stops a member's set-up: they are sampled for the stuck gauge only
+(no group reads them, so they have no lag).
+
 The monitor reads the group's offsets from outside (admin API), so it reports the same
 truth whichever member holds a partition, and keeps reporting while the group is stuck.
 If a sample fails (broker away), the previous values stay and the failure is logged.
@@ -35,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -61,10 +67,12 @@ class LagMonitor(Service):
         interval_s: float = 5.0,
         peek_timeout_s: float = 2.0,
         retention_refresh_s: float = 60.0,
+        changelogs: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.group = group
         self.topic_names = topic_names
+        self.changelogs = list(changelogs)
         self.interval_s = interval_s
         self.peek_timeout_s = peek_timeout_s
         self.retention_refresh_s = retention_refresh_s
@@ -137,6 +145,13 @@ class LagMonitor(Service):
             raise RuntimeError("LagMonitor.sample() before start()")
         consumer = self._consumer
         tps = await kafka.partitions(self._admin, self.topic_names)
+        logs = await kafka.partitions(self._admin, self.changelogs)
+        if logs:
+            stable = await consumer.end_offsets(logs)
+            pinned = self._stuck(stable, await self._probe.end_offsets(logs))
+            for tp in logs:
+                labels = (self.group, tp.topic, str(tp.partition))
+                metrics.CONSUMER_STUCK_TXN.labels(*labels).set(pinned.get(tp, 0.0))
         if not tps:
             return {}
         committed_raw = await self._admin.list_consumer_group_offsets(self.group)

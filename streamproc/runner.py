@@ -28,6 +28,7 @@ from streamproc.lifecycle import stop_on_signals
 from streamproc.mapping.processor import MapProcessor
 from streamproc.sinks.mparticle.deliverer import Deliverer
 from streamproc.sources.ticketmatic.command import check_accounts
+from streamproc.sources.ticketmatic.ownership import group_id as poll_group
 from streamproc.sources.ticketmatic.service import PollService
 from streamproc.sources.ticketure.receiver import Receiver
 from streamproc.startup import serving
@@ -45,11 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def lag_monitors(
     settings: Settings, processor: MapProcessor, deliverer: Deliverer, interval_s: float
 ) -> list[LagMonitor]:
-    """Monitors for the map and deliver groups, over the topics each of them reads."""
+    """Monitors for the map and deliver groups, over the topics each of them reads (and the
+    changelogs map and poll restore, for stuck transactions)."""
     names = Topics.for_prefix(settings.topic_prefix)
+    sources = [names.ticketmatic, names.ticketure]
     return [
-        LagMonitor(settings, processor.group_id, [names.ticketmatic, names.ticketure], interval_s),
+        LagMonitor(settings, processor.group_id, sources, interval_s, changelogs=[names.dedupe]),
         LagMonitor(settings, deliverer.group_id, [names.batches], interval_s),
+        LagMonitor(settings, poll_group(settings), [], interval_s, changelogs=[names.cursors]),
     ]
 
 

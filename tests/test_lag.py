@@ -220,3 +220,36 @@ async def test_a_hanging_transaction_is_seen_and_the_tool_clears_it(
 async def _unpinned(monitor: LagMonitor, group: str, topic: str) -> bool:
     await monitor.sample()
     return gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 1) == 0
+
+
+async def test_a_hanging_transaction_on_a_changelog_is_seen(
+    kafka_settings: Settings, unique: Callable[[str], str]
+) -> None:
+    """The dedupe changelog map restores from has no group reading it, yet a transaction
+    pinned there shows in the stuck gauge under the map group, and clears once aborted."""
+    topic = Topics.for_prefix(kafka_settings.topic_prefix).dedupe
+    group = unique("changelog")
+    writer = kafka.producer(kafka_settings.kafka, transactional_id=unique("ok"))
+    await writer.start()
+    try:
+        async with open_transaction(
+            kafka_settings.kafka, unique("hang"), topic, 1, key=b"held"
+        ) as hanging:
+            async with writer.transaction():
+                await writer.send_and_wait(topic, b"ok", key=b"k", partition=1)
+            async with LagMonitor(
+                kafka_settings, group, [], interval_s=60, changelogs=[topic]
+            ) as monitor:
+                assert await monitor.sample() == {}  # no lag: nothing consumes it as a group
+                await asyncio.sleep(2.0)
+                await monitor.sample()
+                assert gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 1) >= 1.5
+                assert gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 0) == 0
+                await hanging.abort()
+                await wait_for(
+                    lambda: _unpinned(monitor, group, topic),
+                    timeout_s=30,
+                    what="changelog partition 1 freed",
+                )
+    finally:
+        await writer.stop()

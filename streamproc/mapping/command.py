@@ -74,7 +74,11 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
     )
     names = Topics.for_prefix(settings.topic_prefix)
     monitor = LagMonitor(
-        settings, processor.group_id, [names.ticketmatic, names.ticketure], args.lag_interval
+        settings,
+        processor.group_id,
+        [names.ticketmatic, names.ticketure],
+        args.lag_interval,
+        changelogs=[names.dedupe],
     )
     async with serving(settings, health, stop) as up:
         if not up:

@@ -14,8 +14,10 @@ from streamproc import kafka
 from streamproc.config import Settings
 from streamproc.errors import ConfigError, DecodeError
 from streamproc.health import Health
+from streamproc.lag import LagMonitor
 from streamproc.lifecycle import stop_on_signals
 from streamproc.sources.ticketmatic.items import ts_ms
+from streamproc.sources.ticketmatic.ownership import group_id
 from streamproc.sources.ticketmatic.service import PollService
 from streamproc.startup import serving
 from streamproc.topics import Topics
@@ -38,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         metavar="SECONDS",
         help="first retry delay after a 5xx, timeout or malformed answer (default 0.5)",
+    )
+    parser.add_argument(
+        "--lag-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between samples of the cursors topic for stuck transactions (default 5)",
     )
 
 
@@ -94,6 +103,11 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
             len(settings.ticketmatic.accounts),
             settings.ticketmatic.base_url,
         )
-        await service.run(stop)
+        # A transaction pinned on the cursors topic stops every account's cursor restore.
+        names = Topics.for_prefix(settings.topic_prefix)
+        async with LagMonitor(
+            settings, group_id(settings), [], args.lag_interval, changelogs=[names.cursors]
+        ):
+            await service.run(stop)
     log.info("poller stopped")
     return 0
