@@ -60,6 +60,7 @@ def test_quick_chaos_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     # The faults happened: the verdict means something only if they did.
     assert verdict["expected"] >= 2000, table
     assert len(verdict["broker_restarts"]) == 1, table
+    assert verdict["broker_restarts"][0]["open_transaction_records"] > 0, table  # stopped mid-txn
     assert sum(verdict["kills"].values()) >= 5, table
     assert verdict["mparticle_answers"].get("429", 0) > 0, table
     assert verdict["mparticle_answers"].get("503", 0) > 0, table

@@ -2,7 +2,7 @@
 
 Each fault runs as a task of its own at its planned time, so that a role can be killed
 while the broker is still coming back; broker restarts take turns. Before the broker is
-stopped, the run looks (for up to 10 s) for a moment when the map stage has a transaction
+stopped, the run looks (for up to 30 s) for a moment when the map stage has a transaction
 open: records written to the batches topic beyond what read_committed readers see. A role
 that exits without being told to is a crash: it is recorded with its exit code and the
 end of its log, and started again, as Kubernetes would.
@@ -24,6 +24,8 @@ from tests.chaos.ledger import mparticle_stats
 from tests.chaos.schedule import Fault
 from tests.chaos.stack import Stack
 from tests.mapping.test_processor_procs import OutputEnds
+
+OPEN_TRANSACTION_WAIT_S = 30.0  # how long a broker stop waits for a map transaction open
 
 
 @dataclass
@@ -108,7 +110,7 @@ class FaultRunner:
         stopped_at = time.monotonic()
         open_records = 0
         async with OutputEnds(self.stack.settings) as ends:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + OPEN_TRANSACTION_WAIT_S
             while time.monotonic() < deadline:
                 committed, written = await ends.committed_and_written()
                 if written > committed:

@@ -3,7 +3,8 @@
 The run fails (exit 1) on any loss (an item acknowledged or served that mParticle never
 stored), any duplicate (an item stored under two distinct ``source_request_id``), any
 batch mParticle refused as invalid under its schema, any stored batch naming no item
-sent, a drain that did not finish within the limit, or a process left running. Crashes
+sent, a drain that did not finish within the limit, a process left running, or broker
+restarts none of which stopped the broker while a map transaction was open. Crashes
 (a role exiting by itself), repeats of one ``source_request_id`` (mParticle drops them)
 and dead letters are reported, not failed on: the first two are allowed by the design, and
 a dead-lettered item shows up as lost anyway.
@@ -69,6 +70,10 @@ class Verdict:
             found.append(f"not drained within {self.drain_limit_s:.0f} s")
         if self.strays:
             found.append(f"processes left running: {self.strays}")
+        if self.broker_restarts and not any(
+            r["open_transaction_records"] for r in self.broker_restarts
+        ):
+            found.append("no broker stop caught a map transaction open (the fault was not applied)")
         return found
 
     @property
