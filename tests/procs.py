@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.config import Settings, to_env
 
@@ -96,8 +97,9 @@ async def wait_for(
         await asyncio.sleep(interval_s)
 
 
-async def scraped(port: int, name: str) -> float | None:
-    """Unlabelled metric ``name`` from ``/metrics`` at ``port``; None until it is exposed."""
+async def scraped(port: int, name: str, **labels: str) -> float | None:
+    """The sample ``name`` whose labels include ``labels`` from ``/metrics`` at ``port``
+    (the first such); None until it is exposed."""
     try:
         async with (
             aiohttp.ClientSession() as http,
@@ -106,7 +108,8 @@ async def scraped(port: int, name: str) -> float | None:
             exposed = await response.text()
     except aiohttp.ClientError:
         return None
-    for line in exposed.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
+    for family in text_string_to_metric_families(exposed):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
     return None
