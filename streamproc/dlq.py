@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamproc import kafka, metrics
 from streamproc.config import Settings
+from streamproc.formats import envelope
 from streamproc.topics import Topics
 
 H_STAGE = "dlq_stage"
@@ -43,7 +44,7 @@ H_ATTEMPT = "dlq_attempt"
 H_REPLAY_OF = "dlq_replay_of"
 # Written by DeadLetter for each letter anew; H_REPLAY_OF is not one: it links the letter
 # of a replayed record to the letter it was replayed from.
-DLQ_HEADERS = {kafka.H_REASON, H_STAGE, kafka.H_ORIGIN_TOPIC, H_TIME, H_ATTEMPT}
+DLQ_HEADERS = {envelope.H_REASON, H_STAGE, envelope.H_ORIGIN_TOPIC, H_TIME, H_ATTEMPT}
 MAX_REASON = 2000
 MAX_ATTEMPTS = 5
 _COUNT = re.compile(r"^[0-9]{1,9}$")
@@ -54,7 +55,7 @@ def attempts(headers: Sequence[tuple[str, bytes | None]] | None) -> int:
 
     A header that is not a plain count (at most nine digits) counts as absent.
     """
-    text = kafka.header(headers, H_ATTEMPT)
+    text = envelope.header(headers, H_ATTEMPT)
     return int(text) if text is not None and _COUNT.match(text) else 0
 
 
@@ -93,11 +94,11 @@ class DeadLetter:
             reason = f"gave up after {self.attempt} attempts: {reason}"
         self.reason = reason
         kept = [(k, v) for k, v in headers if k not in DLQ_HEADERS]
-        self.headers: kafka.Headers = [
+        self.headers: envelope.Headers = [
             *kept,
-            (kafka.H_REASON, f"{reason_code}: {reason}"[:MAX_REASON].encode()),
+            (envelope.H_REASON, f"{reason_code}: {reason}"[:MAX_REASON].encode()),
             (H_STAGE, stage.encode()),
-            (kafka.H_ORIGIN_TOPIC, origin_topic.encode()),
+            (envelope.H_ORIGIN_TOPIC, origin_topic.encode()),
             (H_TIME, str(int(time.time() * 1000)).encode()),
             (H_ATTEMPT, str(self.attempt).encode()),
         ]
@@ -172,12 +173,12 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         superseded = {
             ref
             async for record in _letters(consumer, ends, timeout_ms)
-            if (ref := kafka.header(record.headers, H_REPLAY_OF)) is not None
+            if (ref := envelope.header(record.headers, H_REPLAY_OF)) is not None
         }
         async for record in _letters(consumer, ends, timeout_ms):
             if count >= args.limit:
                 break
-            reason = kafka.header(record.headers, kafka.H_REASON) or ""
+            reason = envelope.header(record.headers, envelope.H_REASON) or ""
             if args.reason and args.reason not in reason:
                 continue
             later = _position(record) in superseded
@@ -235,8 +236,8 @@ def _row(record: Any, reason: str, superseded: bool) -> dict[str, Any]:
         "partition": record.partition,
         "offset": record.offset,
         "reason": reason,
-        "stage": kafka.header(record.headers, H_STAGE),
-        "origin_topic": kafka.header(record.headers, kafka.H_ORIGIN_TOPIC),
+        "stage": envelope.header(record.headers, H_STAGE),
+        "origin_topic": envelope.header(record.headers, envelope.H_ORIGIN_TOPIC),
         "attempt": attempts(record.headers),
         "superseded": superseded,
         "key": record.key.decode("utf-8", "replace") if record.key is not None else None,

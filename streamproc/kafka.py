@@ -1,4 +1,4 @@
-"""aiokafka clients built from settings, and the record headers every stage shares.
+"""aiokafka clients built from settings.
 
 All clients get the same connection and security options (TLS, SASL PLAIN/SCRAM), so a
 role never builds its own. Producers are idempotent with ``acks=all``; consumers read
@@ -16,26 +16,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streamproc.config import MAX_LETTER_BYTES, KafkaSettings
-
-# Header names carried by every record (DESIGN.md: source, account, item id, entry time).
-H_SOURCE = "source"
-H_ACCOUNT = "account"
-H_SENDER = "sender"
-H_ITEM_ID = "item_id"
-H_ITEM_TIME = "item_time_ms"
-H_RECEIVED = "received_ms"
-H_REASON = "dlq_reason"
-H_ORIGIN_TOPIC = "origin_topic"
-
-Headers = list[tuple[str, bytes]]
-
-
-def header(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str | None:
-    """The first value of header ``name`` as text, or None (also for a header without one)."""
-    for key, value in headers or ():
-        if key == name:
-            return None if value is None else value.decode("utf-8", "replace")
-    return None
 
 
 def client_options(settings: KafkaSettings) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 from streamproc import kafka
 from streamproc.config import Settings
 from streamproc.dlq import H_ATTEMPT, H_REPLAY_OF, DeadLetter
+from streamproc.formats import envelope
 from streamproc.topics import Topics
 from tests.mapping.test_processor import Out, read_topic
 from tests.procs import settings_env
@@ -32,7 +33,7 @@ async def park(settings: Settings, n: int, headers: Sequence[tuple[str, bytes]] 
             origin_topic=names.ticketmatic,
             key=b"acme:user%d" % i,
             value=b'{"id": "%d"}' % i,
-            headers=[(kafka.H_ITEM_ID, b"%d" % i), *headers],
+            headers=[(envelope.H_ITEM_ID, b"%d" % i), *headers],
         )
         for i in range(n)
     ]
@@ -101,11 +102,11 @@ async def test_replay_sends_records_back_unchanged(
     assert sorted(m.value for m in got) == [b'{"id": "%d"}' % i for i in range(3)]
     for m in got:
         names = {k for k, _ in m.headers}
-        assert kafka.H_REASON not in names
-        assert kafka.header(m.headers, kafka.H_ITEM_ID) == m.value.decode()[8:9]
-        assert kafka.header(m.headers, H_ATTEMPT) == "1"
+        assert envelope.H_REASON not in names
+        assert envelope.header(m.headers, envelope.H_ITEM_ID) == m.value.decode()[8:9]
+        assert envelope.header(m.headers, H_ATTEMPT) == "1"
     rows = [orjson.loads(line) for line in result.stdout.splitlines()]
-    assert sorted(str(kafka.header(m.headers, H_REPLAY_OF)) for m in got) == sorted(
+    assert sorted(str(envelope.header(m.headers, H_REPLAY_OF)) for m in got) == sorted(
         f"{row['partition']}:{row['offset']}" for row in rows
     )
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamproc import kafka
 from streamproc.dlq import H_ATTEMPT, H_REPLAY_OF, H_STAGE, MAX_ATTEMPTS, DeadLetter, attempts
+from streamproc.formats import envelope
 
 
 def letter(headers: list[tuple[str, bytes]]) -> DeadLetter:
@@ -23,13 +23,13 @@ def letter(headers: list[tuple[str, bytes]]) -> DeadLetter:
 
 def test_a_first_failure_is_attempt_one() -> None:
     """A record that never failed before gives a letter with dlq_attempt 1 and its reason."""
-    parked = letter([(kafka.H_ITEM_ID, b"e1")])
+    parked = letter([(envelope.H_ITEM_ID, b"e1")])
     assert parked.attempt == 1
-    assert parked.headers[0] == (kafka.H_ITEM_ID, b"e1")
-    assert kafka.header(parked.headers, H_ATTEMPT) == "1"
-    assert kafka.header(parked.headers, kafka.H_REASON) == "undecodable: record: not JSON"
-    assert kafka.header(parked.headers, H_STAGE) == "map"
-    assert kafka.header(parked.headers, kafka.H_ORIGIN_TOPIC) == "t.ticketure.audit"
+    assert parked.headers[0] == (envelope.H_ITEM_ID, b"e1")
+    assert envelope.header(parked.headers, H_ATTEMPT) == "1"
+    assert envelope.header(parked.headers, envelope.H_REASON) == "undecodable: record: not JSON"
+    assert envelope.header(parked.headers, H_STAGE) == "map"
+    assert envelope.header(parked.headers, envelope.H_ORIGIN_TOPIC) == "t.ticketure.audit"
 
 
 def test_a_replayed_record_failing_again_counts_one_more() -> None:
@@ -37,16 +37,16 @@ def test_a_replayed_record_failing_again_counts_one_more() -> None:
     link to the letter it was replayed from is kept."""
     old = letter([])
     replayed = [
-        *[(k, v) for k, v in old.headers if k == kafka.H_REASON],  # a stale one, to replace
+        *[(k, v) for k, v in old.headers if k == envelope.H_REASON],  # a stale one, to replace
         (H_ATTEMPT, b"2"),
         (H_REPLAY_OF, b"1:40"),
     ]
     parked = letter(replayed)
     assert parked.attempt == 3
     names = [k for k, _ in parked.headers]
-    assert names.count(kafka.H_REASON) == names.count(H_ATTEMPT) == 1
-    assert kafka.header(parked.headers, H_ATTEMPT) == "3"
-    assert kafka.header(parked.headers, H_REPLAY_OF) == "1:40"
+    assert names.count(envelope.H_REASON) == names.count(H_ATTEMPT) == 1
+    assert envelope.header(parked.headers, H_ATTEMPT) == "3"
+    assert envelope.header(parked.headers, H_REPLAY_OF) == "1:40"
 
 
 def test_from_the_last_attempt_on_the_reason_says_it_was_given_up() -> None:
@@ -54,7 +54,7 @@ def test_from_the_last_attempt_on_the_reason_says_it_was_given_up() -> None:
     assert "gave up" not in letter([(H_ATTEMPT, b"%d" % (MAX_ATTEMPTS - 2))]).reason
     parked = letter([(H_ATTEMPT, b"%d" % (MAX_ATTEMPTS - 1))])
     assert parked.attempt == MAX_ATTEMPTS == 5
-    assert kafka.header(parked.headers, kafka.H_REASON) == (
+    assert envelope.header(parked.headers, envelope.H_REASON) == (
         "undecodable: gave up after 5 attempts: record: not JSON"
     )
     assert letter([(H_ATTEMPT, b"7")]).reason.startswith("gave up after 8 attempts")

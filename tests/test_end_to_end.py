@@ -22,6 +22,7 @@ from streamproc.config import (
     TicketmaticAccount,
     TicketmaticSettings,
 )
+from streamproc.formats import envelope
 from streamproc.mapping.ids import source_request_id
 from streamproc.sim.mparticle import MParticleSim
 from streamproc.sim.mparticle_schema import load_batch_schema
@@ -125,7 +126,10 @@ async def test_run_delivers_every_item_exactly_once(
         # The map stage wrote each batch once (read_committed), and delivery sent each once.
         names = Topics.for_prefix(settings.topic_prefix)
         polled = [
-            f"{kafka.header(r.headers, kafka.H_ACCOUNT)}/{kafka.header(r.headers, kafka.H_ITEM_ID)}"
+            "/".join(
+                str(envelope.header(r.headers, name))
+                for name in (envelope.H_ACCOUNT, envelope.H_ITEM_ID)
+            )
             for r in await read_records(settings, names.ticketmatic, 1)
         ]
         assert sorted(polled) == sorted(tm_items), "the poller wrote an item twice or missed one"

@@ -15,6 +15,7 @@ from aiokafka.admin import NewTopic
 
 from streamproc import kafka, topics
 from streamproc.config import MAX_LETTER_BYTES, Settings
+from streamproc.formats import envelope
 
 pytestmark = pytest.mark.kafka
 
@@ -50,7 +51,7 @@ async def test_produce_consume_round_trip(
     try:
         for i in range(20):
             await producer.send_and_wait(
-                topic, f"v{i}".encode(), key=b"order-1", headers=[(kafka.H_ITEM_ID, b"%d" % i)]
+                topic, f"v{i}".encode(), key=b"order-1", headers=[(envelope.H_ITEM_ID, b"%d" % i)]
             )
     finally:
         await producer.stop()
@@ -66,7 +67,9 @@ async def test_produce_consume_round_trip(
         await consumer.stop()
     # One key: one partition, in produce order.
     assert [m.value for m in got] == [f"v{i}".encode() for i in range(20)]
-    assert [kafka.header(m.headers, kafka.H_ITEM_ID) for m in got] == [str(i) for i in range(20)]
+    assert [envelope.header(m.headers, envelope.H_ITEM_ID) for m in got] == [
+        str(i) for i in range(20)
+    ]
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zstd", "snappy", "gzip", "none"])

@@ -33,6 +33,7 @@ import orjson
 from streamproc import kafka
 from streamproc.bench import Row
 from streamproc.config import Settings
+from streamproc.formats import envelope
 from streamproc.localkafka import free_port
 from streamproc.topics import Topics
 
@@ -106,8 +107,8 @@ async def _produce(settings: Settings, values: list[bytes]) -> None:
                 value,
                 key=b"ref-%d" % (i % 5000),
                 headers=[
-                    (kafka.H_SOURCE, b"ticketmatic"),
-                    (kafka.H_ITEM_TIME, b"%d" % (start_ms + i // 10)),
+                    (envelope.H_SOURCE, b"ticketmatic"),
+                    (envelope.H_ITEM_TIME, b"%d" % (start_ms + i // 10)),
                 ],
             )
             for i, value in enumerate(values)

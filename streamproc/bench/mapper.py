@@ -29,16 +29,17 @@ import orjson
 from streamproc import kafka, topics
 from streamproc.bench import Row
 from streamproc.config import Settings
-from streamproc.mapping.processor import MapProcessor
-from streamproc.mapping.router import Mapped, MappingContext, map_record
-from streamproc.mapping.transaction import Mapper
-from streamproc.sources.ticketure.records import (
+from streamproc.formats import envelope
+from streamproc.formats.ticketure import (
     ENCODER,
     GatewayAttributes,
     GatewayAudit,
     TicketAttributes,
     TicketAudit,
 )
+from streamproc.mapping.processor import MapProcessor
+from streamproc.mapping.router import Mapped, MappingContext, map_record
+from streamproc.mapping.transaction import Mapper
 from streamproc.topics import Topics
 
 ITEMS = 40_000
@@ -96,11 +97,11 @@ def _ticketmatic(i: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     item["ts"] = _ts(ms)
     item["data"]["ref"] = f"visitor-{i % 997}"
     headers = [
-        (kafka.H_SOURCE, b"ticketmatic"),
-        (kafka.H_ACCOUNT, b"acme"),
-        (kafka.H_ITEM_ID, item["id"].encode()),
-        (kafka.H_ITEM_TIME, str(ms).encode()),
-        (kafka.H_RECEIVED, str(ms).encode()),
+        (envelope.H_SOURCE, b"ticketmatic"),
+        (envelope.H_ACCOUNT, b"acme"),
+        (envelope.H_ITEM_ID, item["id"].encode()),
+        (envelope.H_ITEM_TIME, str(ms).encode()),
+        (envelope.H_RECEIVED, str(ms).encode()),
     ]
     return orjson.dumps(item), f"acme:{item['data']['ref']}".encode(), headers
 
@@ -128,10 +129,10 @@ def _ticketure(i: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
             attributes=GatewayAttributes(cart_id=order, total_amount="50.00"),
         )
     headers = [
-        (kafka.H_SOURCE, b"ticketure"),
-        (kafka.H_ITEM_ID, f"evt-{i}".encode()),
-        (kafka.H_ITEM_TIME, str(ms).encode()),
-        (kafka.H_RECEIVED, str(ms).encode()),
+        (envelope.H_SOURCE, b"ticketure"),
+        (envelope.H_ITEM_ID, f"evt-{i}".encode()),
+        (envelope.H_ITEM_TIME, str(ms).encode()),
+        (envelope.H_RECEIVED, str(ms).encode()),
     ]
     return ENCODER.encode(record), order.encode(), headers
 

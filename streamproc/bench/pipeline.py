@@ -35,11 +35,11 @@ from streamproc.config import (
     TicketmaticSettings,
     to_env,
 )
+from streamproc.formats.ticketure import ENCODER, TicketAttributes, TicketAudit
 from streamproc.mapping.ids import source_request_id
 from streamproc.sim.mparticle import MParticleSim
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sources.ticketure.auth import basic_header
-from streamproc.sources.ticketure.records import ENCODER, TicketAttributes, TicketAudit
 
 RATE = 1000.0
 RUN_S = 15.0

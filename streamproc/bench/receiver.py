@@ -29,11 +29,11 @@ import msgspec
 from streamproc import localkafka
 from streamproc.bench import Row
 from streamproc.config import PushSender, ReceiverSettings, Secret, Settings
+from streamproc.formats.ticketure import ENCODER
 from streamproc.sim.ticketure_flows import Flows
 from streamproc.sources.ticketure.auth import basic_header
 from streamproc.sources.ticketure.command import command
 from streamproc.sources.ticketure.receiver import ROUTE_EVENTS
-from streamproc.sources.ticketure.records import ENCODER
 
 WARMUP_S = 2.0
 RUN_S = 10.0

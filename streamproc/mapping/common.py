@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from streamproc.errors import StreamprocError
-from streamproc.mapping.batch import Batch
+from streamproc.formats.mparticle import Batch
 from streamproc.mapping.limits import Scalar
 
 # reason codes of Unmappable outcomes (the DLQ's reason_code header): a small fixed set.

@@ -12,7 +12,7 @@ import msgspec
 
 from streamproc.config import Settings, env_name
 from streamproc.errors import ConfigError
-from streamproc.mapping.batch import IDENTITY_TYPES, Environment
+from streamproc.formats.mparticle import IDENTITY_TYPES, Environment
 
 # Ticketmatic's own default (TicketmaticAccount.currency) for an account that the settings
 # do not list, e.g. records produced before an account was removed from the config.

@@ -15,7 +15,7 @@ Whatever was shrunk is counted once as ``batch_size``. A batch still too large a
 
 from __future__ import annotations
 
-from streamproc.mapping.batch import (
+from streamproc.formats.mparticle import (
     MAX_BATCH_BYTES,
     Batch,
     CommerceEvent,

@@ -8,8 +8,7 @@ import msgspec
 
 from streamproc.decoding import decode_json
 from streamproc.errors import DecodeError
-
-TICKETMATIC, TICKETURE = "ticketmatic", "ticketure"
+from streamproc.formats.envelope import Source
 
 
 class _IdOnly(msgspec.Struct):
@@ -30,7 +29,7 @@ def item_id_of(source: str, value: bytes, header_id: str | None, account: str | 
     Never raises: a value that is no JSON, nested too deep or holds no usable id is
     identified by its content hash (the mapping then says what is wrong with it).
     """
-    if source == TICKETMATIC and account:
+    if source == Source.TICKETMATIC and account:
         return f"{account}/{item_id_of(source, value, header_id)}"
     if header_id:
         return header_id
@@ -38,7 +37,7 @@ def item_id_of(source: str, value: bytes, header_id: str | None, account: str | 
         ids = decode_json(_ID_ONLY, value, "item")
     except DecodeError:
         ids = _IdOnly()
-    own = ids.id if source == TICKETMATIC else ids.event_id
+    own = ids.id if source == Source.TICKETMATIC else ids.event_id
     if own is not None and str(own):
         return str(own)
     return "sha256:" + hashlib.sha256(value).hexdigest()[:32]

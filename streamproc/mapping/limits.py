@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from streamproc.formats.mparticle import MAX_ATTRIBUTES, MAX_NAME, MAX_VALUE, AttributeValue
 from streamproc.mapping.amounts import AmountError, Number, to_number
-from streamproc.mapping.batch import MAX_ATTRIBUTES, MAX_NAME, MAX_VALUE, AttributeValue
 
 Scalar = str | int | float | bool | None
 

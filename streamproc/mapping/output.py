@@ -7,7 +7,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from streamproc import kafka
+from streamproc.formats import envelope
 
 _PARTITIONER = DefaultPartitioner()
 
@@ -52,7 +52,7 @@ class BatchOutput:
         self._builders: dict[int, Any] = {}
         self._cache = cache.of(self._partitions)
 
-    async def add(self, key: bytes, value: bytes, headers: kafka.Headers) -> None:
+    async def add(self, key: bytes, value: bytes, headers: envelope.Headers) -> None:
         partition = self._cache.get(key)
         if partition is None:
             partition = self._cache[key] = _PARTITIONER(key, self._partitions, self._partitions)

@@ -58,9 +58,9 @@ from streamproc.backoff import Backoff
 from streamproc.config import Settings
 from streamproc.dedupe import DedupeState, restore
 from streamproc.errors import ConfigError
+from streamproc.formats.envelope import Source
 from streamproc.health import Health
 from streamproc.lifecycle import Service, cancel_and_wait
-from streamproc.mapping.identity import TICKETMATIC, TICKETURE
 from streamproc.mapping.output import PartitionCache, producer_abort
 from streamproc.mapping.router import MappingContext, map_record
 from streamproc.mapping.transaction import Hook, Mapper, Part, Transactor
@@ -117,7 +117,10 @@ class MapProcessor(Service):
         self._retry_timeout_s = retry_timeout_s
         self._txn_timeout_s = settings.kafka.transaction_timeout_ms / 1000
         self._consumer_options = dict(consumer_options or {})
-        self._sources = {self.topics.ticketmatic: TICKETMATIC, self.topics.ticketure: TICKETURE}
+        self._sources = {
+            self.topics.ticketmatic: Source.TICKETMATIC,
+            self.topics.ticketure: Source.TICKETURE,
+        }
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: dict[TopicPartition, Part] = {}
         self._pending: dict[TopicPartition, float] = {}  # to set up, not before (monotonic)

@@ -15,10 +15,11 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from streamproc import kafka
 from streamproc.dedupe import item_hash
+from streamproc.formats import envelope
+from streamproc.formats.envelope import Source
 from streamproc.mapping.common import UNDECODABLE
-from streamproc.mapping.identity import TICKETMATIC, TICKETURE, item_id_of
+from streamproc.mapping.identity import item_id_of
 from streamproc.mapping.router import MapOutcome, Mapped, Unmappable
 
 # (source, value, item id, account) -> outcome; streamproc.mapping.router.map_record.
@@ -27,7 +28,7 @@ Mapper = Callable[[str, bytes, str, str | None], MapOutcome]
 RawHeaders = Sequence[tuple[str, bytes | None]]
 
 # The headers a batch carries on from its source record (and source, item id, time).
-_PASSED = frozenset({kafka.H_ACCOUNT, kafka.H_ITEM_TIME, kafka.H_RECEIVED})
+_PASSED = frozenset({envelope.H_ACCOUNT, envelope.H_ITEM_TIME, envelope.H_RECEIVED})
 # Longer than any visitor, email or order id. A longer key (a Ticketure order id the batch
 # cuts to 4096 characters, say) is replaced by its hash: the same for every record of that
 # user, so they keep their partition and order, and the record cannot outgrow the topic.
@@ -46,7 +47,7 @@ class Plan:
     source: str
     item_id: str
     outcome: MapOutcome
-    headers: kafka.Headers
+    headers: envelope.Headers
     key: bytes = b""
     dedupe: int = 0
 
@@ -59,27 +60,27 @@ def plan(default_source: str, headers: RawHeaders, value: bytes | None, mapper: 
     """
     source = header_id = account = None
     has_time = False
-    passed: kafka.Headers = []
+    passed: envelope.Headers = []
     for key, raw in headers:
         if raw is None:
             continue
-        if key == kafka.H_SOURCE:
+        if key == envelope.H_SOURCE:
             source = raw.decode("utf-8", "replace")
-        elif key == kafka.H_ITEM_ID:
+        elif key == envelope.H_ITEM_ID:
             header_id = raw.decode("utf-8", "replace")
-        elif key == kafka.H_ACCOUNT:
+        elif key == envelope.H_ACCOUNT:
             account = raw.decode("utf-8", "replace")
         if key in _PASSED:
             passed.append((key, raw))
-            has_time = has_time or key == kafka.H_ITEM_TIME
-    if source not in (TICKETMATIC, TICKETURE):
+            has_time = has_time or key == envelope.H_ITEM_TIME
+    if source not in set(Source):
         source = default_source
     data = value or b""
     own_id = item_id_of(source, data, header_id)
     item_id = item_id_of(source, data, own_id, account)
-    passed.append((kafka.H_SOURCE, source.encode()))
+    passed.append((envelope.H_SOURCE, source.encode()))
     # The header keeps the source's own id (the account travels in its own header).
-    passed.append((kafka.H_ITEM_ID, own_id.encode()))
+    passed.append((envelope.H_ITEM_ID, own_id.encode()))
     if value is None:
         outcome: MapOutcome = Unmappable("undecodable", UNDECODABLE, "value: the record has none")
     else:
@@ -87,7 +88,7 @@ def plan(default_source: str, headers: RawHeaders, value: bytes | None, mapper: 
     if type(outcome) is not Mapped:
         return Plan(source, item_id, outcome, passed)
     if not has_time:
-        passed.append((kafka.H_ITEM_TIME, str(outcome.item_time_ms).encode()))
+        passed.append((envelope.H_ITEM_TIME, str(outcome.item_time_ms).encode()))
     out_key = outcome.key.encode()
     if len(out_key) > MAX_KEY_BYTES:
         out_key = b"sha256:" + hashlib.sha256(out_key).hexdigest().encode()

@@ -33,13 +33,13 @@ import msgspec
 
 from streamproc.decoding import decode_json
 from streamproc.errors import DecodeError
+from streamproc.formats.ticketmatic import KNOWN_TYPES, decode_item, normalize_type
+from streamproc.formats.ticketure import RECORD_DECODER
 from streamproc.mapping import ticketmatic, ticketure
 from streamproc.mapping.common import UNDECODABLE, UNKNOWN_SOURCE, Built, ItemError, scalar_pairs
 from streamproc.mapping.context import MappingContext
 from streamproc.mapping.fit import fit
 from streamproc.mapping.limits import Limits
-from streamproc.sources.ticketmatic.items import KNOWN_TYPES, decode_item, normalize_type
-from streamproc.sources.ticketure.records import RECORD_DECODER
 
 __all__ = ["MapOutcome", "Mapped", "MappingContext", "Unknown", "Unmappable", "map_record"]
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from streamproc.mapping.amounts import AmountError, to_number
-from streamproc.mapping.batch import (
+from streamproc.formats.envelope import Source
+from streamproc.formats.mparticle import (
     Action,
     Batch,
     CommerceEvent,
@@ -37,13 +37,14 @@ from streamproc.mapping.batch import (
     ScreenViewData,
     UserIdentities,
 )
+from streamproc.formats.ticketmatic import TmData, TmItem, TmOrder, TmProduct, TmTicket, ts_ms
+from streamproc.mapping.amounts import AmountError, to_number
 from streamproc.mapping.common import BAD_FIELD, MISSING_FIELD, Built, ItemError, text
 from streamproc.mapping.context import MappingContext
 from streamproc.mapping.ids import source_message_id, source_request_id
 from streamproc.mapping.limits import Limits, Scalar
-from streamproc.sources.ticketmatic.items import TmData, TmItem, TmOrder, TmProduct, TmTicket, ts_ms
 
-SOURCE = "ticketmatic"
+SOURCE = Source.TICKETMATIC
 
 
 class _Item:

@@ -30,8 +30,8 @@ from typing import Any
 
 import msgspec
 
-from streamproc.mapping.amounts import AmountError, to_number
-from streamproc.mapping.batch import (
+from streamproc.formats.envelope import Source
+from streamproc.formats.mparticle import (
     Batch,
     CommerceEvent,
     CommerceEventData,
@@ -42,6 +42,14 @@ from streamproc.mapping.batch import (
     ProductAction,
     UserIdentities,
 )
+from streamproc.formats.ticketure import (
+    GATEWAY_ACTIONS,
+    TICKET_ACTIONS,
+    AuditRecord,
+    GatewayAudit,
+    TicketAudit,
+)
+from streamproc.mapping.amounts import AmountError, to_number
 from streamproc.mapping.common import (
     BAD_FIELD,
     MISSING_FIELD,
@@ -53,15 +61,8 @@ from streamproc.mapping.common import (
 from streamproc.mapping.context import MappingContext
 from streamproc.mapping.ids import source_message_id, source_request_id
 from streamproc.mapping.limits import Limits, Scalar
-from streamproc.sources.ticketure.records import (
-    GATEWAY_ACTIONS,
-    TICKET_ACTIONS,
-    AuditRecord,
-    GatewayAudit,
-    TicketAudit,
-)
 
-SOURCE = "ticketure"
+SOURCE = Source.TICKETURE
 
 # Attributes that are amounts or rates: sent to mParticle as numbers.
 AMOUNT_ATTRIBUTES = frozenset(

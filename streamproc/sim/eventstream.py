@@ -21,11 +21,10 @@ import msgspec
 import orjson
 
 from streamproc.errors import DecodeError
+from streamproc.formats.ticketmatic import normalize_type, parse_ts, position_key
 from streamproc.sim.faults import FUTURE_MS, RUNAWAY_NEXTID, Mode, Outage, Script
 from streamproc.sim.webshop import WebshopSessions
 from streamproc.sources.ticketmatic import auth
-from streamproc.sources.ticketmatic.cursor import position_key
-from streamproc.sources.ticketmatic.items import normalize_type, parse_ts
 
 NextId = Literal["last", "after"]
 

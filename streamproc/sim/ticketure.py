@@ -33,13 +33,13 @@ import orjson
 from streamproc.backoff import Backoff
 from streamproc.config import Settings
 from streamproc.errors import parse_retry_after
+from streamproc.formats.ticketure import (
+    ENCODER,
+)
 from streamproc.lifecycle import cancel_and_wait, stop_on_signals
 from streamproc.sim.ticketure_flows import Flows, Step
 from streamproc.sources.ticketure.auth import basic_header, sign
 from streamproc.sources.ticketure.mparticle_shape import encode_batch
-from streamproc.sources.ticketure.records import (
-    ENCODER,
-)
 
 log = logging.getLogger(__name__)
 

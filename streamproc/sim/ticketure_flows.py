@@ -20,7 +20,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import msgspec
 
-from streamproc.sources.ticketure.records import (
+from streamproc.formats.ticketure import (
     AuditRecord,
     GatewayAttributes,
     GatewayAudit,

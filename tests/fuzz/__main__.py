@@ -28,9 +28,10 @@ from pathlib import Path
 import hypothesis
 from hypothesis import HealthCheck, Phase, given, seed
 
-from streamproc import kafka, localkafka, topics
+from streamproc import localkafka, topics
 from streamproc.bench.__main__ import drop_topics
 from streamproc.config import KafkaSettings, ReceiverSettings, Settings
+from streamproc.formats import envelope
 from tests.fuzz import mapping
 from tests.fuzz.client import Client
 from tests.fuzz.ledger import Ledger
@@ -181,7 +182,7 @@ async def _missing(config: Settings, ledger: Ledger) -> tuple[int, int]:
     names = topics.Topics.for_prefix(config.topic_prefix)
     records = await read_topic(config, names.ticketure, timeout_s=600)
     letters = await read_topic(config, names.dlq, timeout_s=600)
-    ids = [kafka.header(r.headers, kafka.H_ITEM_ID) for r in records]
+    ids = [envelope.header(r.headers, envelope.H_ITEM_ID) for r in records]
     return ledger.missing(ids, [r.value for r in letters])
 
 

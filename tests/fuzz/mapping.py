@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamproc import kafka, localkafka, topics
 from streamproc.bench.__main__ import drop_topics
 from streamproc.config import KafkaSettings, MappingSettings, Settings, TopicSettings
+from streamproc.formats import envelope
 from streamproc.mapping.record import Plan, RawHeaders, plan
 from streamproc.mapping.router import Mapped, MappingContext, Unmappable, map_record
 from streamproc.schemas import load_schema
@@ -220,11 +221,13 @@ async def compare(config: Settings, cases: list[Case]) -> dict[str, int]:
     }
     parked: dict[int, str] = {}
     for letter in letters:
-        number = kafka.header(letter.headers, H_CASE)
-        reason = kafka.header(letter.headers, kafka.H_REASON) or ""
+        number = envelope.header(letter.headers, H_CASE)
+        reason = envelope.header(letter.headers, envelope.H_REASON) or ""
         parked[int(number) if number is not None else -1] = reason.split(":", 1)[0]
-    batch_ids = collections.Counter(kafka.header(r.headers, kafka.H_ITEM_ID) for r in batches)
-    want_ids = collections.Counter(kafka.header(c.plan.headers, kafka.H_ITEM_ID) for c in mapped)
+    batch_ids = collections.Counter(envelope.header(r.headers, envelope.H_ITEM_ID) for r in batches)
+    want_ids = collections.Counter(
+        envelope.header(c.plan.headers, envelope.H_ITEM_ID) for c in mapped
+    )
     for n, code in unmappable.items():
         if n in parked and parked[n] != code:
             print(f"  case {n}: planned {code!r}, parked as {parked[n]!r}", file=sys.stderr)

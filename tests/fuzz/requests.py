@@ -20,9 +20,9 @@ import orjson
 from hypothesis import strategies as st
 
 from streamproc.config import PushSender, Secret
+from streamproc.formats.ticketure import AuditRecord
 from streamproc.sources.ticketure.auth import basic_header, sign
 from streamproc.sources.ticketure.mparticle_shape import encode_batch
-from streamproc.sources.ticketure.records import AuditRecord
 from tests.sources.ticketure.strategies import JSON, SCALAR, mutate, paths, records
 
 ROUTES = ("/ticketure/events", "/v2/events", "/v2/bulkevents")

@@ -15,6 +15,7 @@ import pytest
 from streamproc import kafka, topics
 from streamproc.config import Settings
 from streamproc.dlq import H_ATTEMPT, H_REPLAY_OF
+from streamproc.formats import envelope
 from streamproc.mapping.processor import MapProcessor
 from streamproc.mapping.router import MapOutcome, MappingContext, map_record
 from streamproc.topics import Topics
@@ -36,7 +37,7 @@ from tests.test_dlq import cli
 
 pytestmark = pytest.mark.kafka
 
-Record = tuple[bytes, kafka.Headers]
+Record = tuple[bytes, envelope.Headers]
 
 
 async def produce(settings: Settings, records: list[Record]) -> None:
@@ -51,10 +52,10 @@ async def produce(settings: Settings, records: list[Record]) -> None:
         await producer.stop()
 
 
-def headers_of(item_id: str | None) -> kafka.Headers:
+def headers_of(item_id: str | None) -> envelope.Headers:
     """What the poller writes with an item (without the id header if ``item_id`` is None)."""
-    headers = [(kafka.H_SOURCE, b"ticketmatic"), (kafka.H_ACCOUNT, b"acme")]
-    return headers if item_id is None else [*headers, (kafka.H_ITEM_ID, item_id.encode())]
+    headers = [(envelope.H_SOURCE, b"ticketmatic"), (envelope.H_ACCOUNT, b"acme")]
+    return headers if item_id is None else [*headers, (envelope.H_ITEM_ID, item_id.encode())]
 
 
 def by_value(letters: list[Out]) -> dict[bytes | None, list[Out]]:
@@ -103,10 +104,10 @@ async def test_records_it_cannot_handle_are_parked_replayed_and_parked_again(
         parked = by_value(letters)
         assert set(parked) == {deep, not_utf8}
         [deep_letter], [utf8_letter] = parked[deep], parked[not_utf8]
-        assert deep_letter.headers[kafka.H_REASON] == (
+        assert deep_letter.headers[envelope.H_REASON] == (
             "undecodable: item: JSON nested deeper than the decoder's depth limit"
         )
-        assert utf8_letter.headers[kafka.H_REASON] == (
+        assert utf8_letter.headers[envelope.H_REASON] == (
             "undecodable: item: not JSON: Invalid UTF-8 encoded string"
         )
         assert deep_letter.headers[H_ATTEMPT] == utf8_letter.headers[H_ATTEMPT] == "1"
@@ -133,7 +134,7 @@ async def test_records_it_cannot_handle_are_parked_replayed_and_parked_again(
         assert len(again) == 1
         assert again[0].headers[H_ATTEMPT] == "2"
         assert again[0].headers[H_REPLAY_OF] == f"0:{first_letter.offset}"
-        assert again[0].headers[kafka.H_REASON] == first_letter.headers[kafka.H_REASON]
+        assert again[0].headers[envelope.H_REASON] == first_letter.headers[envelope.H_REASON]
     assert dead_lettered("map", "undecodable") - before["parked"] == 4
     assert processor.committed == 6
     assert len(await read_topic(settings, names.batches, 2)) == 2
@@ -165,7 +166,7 @@ async def test_a_record_the_mapping_raises_for_is_parked_as_internal_error(
         assert not task.done()
     assert item_ids(out) == [items[0]["id"], items[2]["id"]]
     assert letter.value == orjson.dumps(items[1])
-    assert letter.headers[kafka.H_REASON] == (
+    assert letter.headers[envelope.H_REASON] == (
         "internal_error: streamproc.mapping.record.plan: unexpected ZeroDivisionError"
         " (a bug: see the map stage's log)"
     )

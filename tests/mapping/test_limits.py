@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from streamproc.formats.mparticle import MAX_BATCH_BYTES
 from streamproc.mapping.amounts import AmountError, to_number
-from streamproc.mapping.batch import MAX_BATCH_BYTES
 from streamproc.mapping.router import Unmappable
 from tests.mapping.helpers import CheckBatch, event, mapped, tm
 

@@ -22,9 +22,10 @@ from prometheus_client import REGISTRY
 from streamproc import kafka, topics
 from streamproc.config import MappingSettings, Settings
 from streamproc.dedupe import parse_changelog_key
+from streamproc.formats import envelope
+from streamproc.formats.ticketmatic import format_ts
+from streamproc.formats.ticketure import ENCODER, TicketAttributes, TicketAudit
 from streamproc.mapping.processor import MapProcessor
-from streamproc.sources.ticketmatic.items import format_ts
-from streamproc.sources.ticketure.records import ENCODER, TicketAttributes, TicketAudit
 from streamproc.topics import Topics
 from tests.procs import wait_for
 
@@ -97,10 +98,10 @@ async def produce_tm(
                     orjson.dumps(item),
                     key=f"{account}:{item['data'].get('ref')}".encode(),
                     headers=[
-                        (kafka.H_SOURCE, b"ticketmatic"),
-                        (kafka.H_ACCOUNT, account.encode()),
-                        (kafka.H_ITEM_ID, item["id"].encode()),
-                        (kafka.H_ITEM_TIME, str(time_ms).encode()),
+                        (envelope.H_SOURCE, b"ticketmatic"),
+                        (envelope.H_ACCOUNT, account.encode()),
+                        (envelope.H_ITEM_ID, item["id"].encode()),
+                        (envelope.H_ITEM_TIME, str(time_ms).encode()),
                     ],
                 )
             )
@@ -200,7 +201,7 @@ def dedupe_size(source: str = "ticketmatic") -> float:
 
 
 def item_ids(out: list[Out]) -> list[str]:
-    return [o.headers[kafka.H_ITEM_ID] for o in out]
+    return [o.headers[envelope.H_ITEM_ID] for o in out]
 
 
 async def test_same_item_three_times_across_restart_gives_one_batch(
@@ -222,9 +223,9 @@ async def test_same_item_three_times_across_restart_gives_one_batch(
     assert sorted(item_ids(out)) == sorted([item["id"], marker["id"]])
     batch = orjson.loads(out[0].value or b"{}")
     assert batch["events"], batch
-    assert out[0].headers[kafka.H_SOURCE] == "ticketmatic"
-    assert out[0].headers[kafka.H_ACCOUNT] == "acme"
-    assert out[0].headers[kafka.H_ITEM_TIME] == str(now)
+    assert out[0].headers[envelope.H_SOURCE] == "ticketmatic"
+    assert out[0].headers[envelope.H_ACCOUNT] == "acme"
+    assert out[0].headers[envelope.H_ITEM_TIME] == str(now)
     assert dedupe_hits("ticketmatic") == hits_before + 2
 
 
@@ -290,10 +291,10 @@ async def test_unmappable_goes_to_the_dead_letter_topic_with_its_reason(
     assert len(out) == 1
     assert len(dead) == 1
     assert dead[0].value == orjson.dumps(broken)
-    assert dead[0].headers[kafka.H_REASON].startswith("missing_field")
-    assert "data.ref" in dead[0].headers[kafka.H_REASON]
-    assert dead[0].headers[kafka.H_ORIGIN_TOPIC] == names.ticketmatic
-    assert dead[0].headers[kafka.H_ITEM_ID] == broken["id"]
+    assert dead[0].headers[envelope.H_REASON].startswith("missing_field")
+    assert "data.ref" in dead[0].headers[envelope.H_REASON]
+    assert dead[0].headers[envelope.H_ORIGIN_TOPIC] == names.ticketmatic
+    assert dead[0].headers[envelope.H_ITEM_ID] == broken["id"]
 
 
 async def test_ticketure_records_are_mapped_and_deduped(
@@ -318,16 +319,16 @@ async def test_ticketure_records_are_mapped_and_deduped(
                 names.ticketure,
                 ENCODER.encode(record),
                 key=b"order-7",
-                headers=[(kafka.H_SOURCE, b"ticketure"), (kafka.H_ITEM_ID, b"evt-1")],
+                headers=[(envelope.H_SOURCE, b"ticketure"), (envelope.H_ITEM_ID, b"evt-1")],
             )
     finally:
         await producer.stop()
     async with running(MapProcessor(settings, consumer_options=FAST)):
         out = await wait_output(settings, 1)
     assert len(out) == 1
-    assert out[0].headers[kafka.H_SOURCE] == "ticketure"
-    assert out[0].headers[kafka.H_ITEM_ID] == "evt-1"
-    assert out[0].headers[kafka.H_ITEM_TIME] == str(1714557600000)
+    assert out[0].headers[envelope.H_SOURCE] == "ticketure"
+    assert out[0].headers[envelope.H_ITEM_ID] == "evt-1"
+    assert out[0].headers[envelope.H_ITEM_TIME] == str(1714557600000)
 
 
 async def test_expired_ids_are_tombstoned_and_not_restored(
@@ -388,7 +389,7 @@ def assert_order_per_key(out: list[Out]) -> None:
     """Within each output key, items appear in the order they were produced (by id)."""
     by_key: dict[bytes | None, list[tuple[int, int]]] = {}
     for o in sorted(out, key=lambda o: (o.partition, o.offset)):
-        ms, seq = o.headers[kafka.H_ITEM_ID].split("-")
+        ms, seq = o.headers[envelope.H_ITEM_ID].split("-")
         by_key.setdefault(o.key, []).append((int(ms), int(seq)))
     for key, ids in by_key.items():
         assert ids == sorted(ids), key

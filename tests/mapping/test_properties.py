@@ -12,7 +12,14 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamproc.mapping.batch import MAX_BATCH_BYTES
+from streamproc.formats.mparticle import MAX_BATCH_BYTES
+from streamproc.formats.ticketmatic import KNOWN_TYPES
+from streamproc.formats.ticketure import (
+    GATEWAY_ACTIONS,
+    TICKET_ACTIONS,
+    GatewayAttributes,
+    TicketAttributes,
+)
 from streamproc.mapping.router import (
     MapOutcome,
     Mapped,
@@ -20,13 +27,6 @@ from streamproc.mapping.router import (
     Unknown,
     Unmappable,
     map_record,
-)
-from streamproc.sources.ticketmatic.items import KNOWN_TYPES
-from streamproc.sources.ticketure.records import (
-    GATEWAY_ACTIONS,
-    TICKET_ACTIONS,
-    GatewayAttributes,
-    TicketAttributes,
 )
 from tests.mapping.helpers import CheckBatch
 

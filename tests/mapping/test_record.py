@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
-from streamproc import kafka
+from streamproc.formats import envelope
 from streamproc.mapping.record import MAX_KEY_BYTES, RawHeaders, plan
 from streamproc.mapping.router import MapOutcome, Mapped, Unmappable, map_record
 from streamproc.mapping.transaction import INTERNAL_ERROR, Part, safe_plan
@@ -19,7 +19,7 @@ from tests.mapping.helpers import CTX
 from tests.mapping.hostile import in_data, nested, tm_item
 
 MAP = functools.partial(map_record, ctx=CTX)
-TM_HEADERS: RawHeaders = [(kafka.H_SOURCE, b"ticketmatic"), (kafka.H_ACCOUNT, b"acme")]
+TM_HEADERS: RawHeaders = [(envelope.H_SOURCE, b"ticketmatic"), (envelope.H_ACCOUNT, b"acme")]
 TOPIC = "t.ticketmatic.eventstream"
 
 
@@ -40,7 +40,7 @@ def test_a_thousand_levels_deep_without_an_id_header_is_undecodable() -> None:
 def test_invalid_utf8_keeps_the_header_id() -> None:
     """A value that is not UTF-8 is undecodable; its id is still the header's."""
     value = orjson.dumps(tm_item()).replace(b'"v"', b'"\xff\xfe"')
-    result = plan("ticketmatic", [*TM_HEADERS, (kafka.H_ITEM_ID, b"1-0")], value, MAP)
+    result = plan("ticketmatic", [*TM_HEADERS, (envelope.H_ITEM_ID, b"1-0")], value, MAP)
     outcome = unmappable(result.outcome)
     assert outcome.reason == "item: not JSON: Invalid UTF-8 encoded string"
     assert result.item_id == "acme/1-0"
@@ -49,22 +49,22 @@ def test_invalid_utf8_keeps_the_header_id() -> None:
 def test_headers_without_values_or_utf8_are_read() -> None:
     """Null header values count as absent; bad UTF-8 is replaced; the batch keeps the rest."""
     headers: RawHeaders = [
-        (kafka.H_SOURCE, None),
-        (kafka.H_ITEM_ID, b"1-\xff"),
-        (kafka.H_ACCOUNT, b"acme"),
-        (kafka.H_RECEIVED, None),
+        (envelope.H_SOURCE, None),
+        (envelope.H_ITEM_ID, b"1-\xff"),
+        (envelope.H_ACCOUNT, b"acme"),
+        (envelope.H_RECEIVED, None),
         ("other", b"x"),
     ]
     result = plan("ticketmatic", headers, orjson.dumps(tm_item()), MAP)
     assert isinstance(result.outcome, Mapped)
     assert result.item_id == "acme/1-\ufffd"
     assert [k for k, _ in result.headers] == [
-        kafka.H_ACCOUNT,
-        kafka.H_SOURCE,
-        kafka.H_ITEM_ID,
-        kafka.H_ITEM_TIME,
+        envelope.H_ACCOUNT,
+        envelope.H_SOURCE,
+        envelope.H_ITEM_ID,
+        envelope.H_ITEM_TIME,
     ]
-    assert dict(result.headers)[kafka.H_ITEM_ID] == "1-\ufffd".encode()
+    assert dict(result.headers)[envelope.H_ITEM_ID] == "1-\ufffd".encode()
     assert result.key == b"acme:v"
 
 
@@ -132,7 +132,7 @@ def test_a_mapper_bug_is_an_internal_error_logged_once_without_content(
 def test_safe_plan_passes_a_good_record_through() -> None:
     """Without a bug the safety net changes nothing: the plan of the record itself."""
     value = orjson.dumps(tm_item())
-    headers = [*TM_HEADERS, (kafka.H_ITEM_ID, b"1714557600000-0")]
+    headers = [*TM_HEADERS, (envelope.H_ITEM_ID, b"1714557600000-0")]
     expected = plan("ticketmatic", headers, value, MAP)
     assert isinstance(expected.outcome, Mapped)
     assert safe_plan(PART, record(value, headers), MAP) == expected

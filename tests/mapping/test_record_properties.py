@@ -13,8 +13,8 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamproc import kafka
 from streamproc.dedupe import item_hash
+from streamproc.formats import envelope
 from streamproc.mapping.record import MAX_KEY_BYTES, Plan, RawHeaders, plan
 from streamproc.mapping.router import Mapped, MappingContext, Unmappable, map_record
 from tests.mapping.helpers import CheckBatch
@@ -40,11 +40,11 @@ SURELY_TOO_DEEP = 10_000
 sources = st.sampled_from(["ticketmatic", "ticketure"])
 header_names = st.sampled_from(
     [
-        kafka.H_SOURCE,
-        kafka.H_ITEM_ID,
-        kafka.H_ACCOUNT,
-        kafka.H_ITEM_TIME,
-        kafka.H_RECEIVED,
+        envelope.H_SOURCE,
+        envelope.H_ITEM_ID,
+        envelope.H_ACCOUNT,
+        envelope.H_ITEM_TIME,
+        envelope.H_RECEIVED,
         "dlq_attempt",
         "other",
     ]
@@ -153,12 +153,12 @@ def check_plan(result: Plan, ctx: MappingContext, check_batch: CheckBatch) -> No
     outcome = result.outcome
     check_outcome(outcome, ctx, check_batch)
     names = [k for k, _ in result.headers]
-    assert names.count(kafka.H_SOURCE) == names.count(kafka.H_ITEM_ID) == 1
+    assert names.count(envelope.H_SOURCE) == names.count(envelope.H_ITEM_ID) == 1
     if isinstance(outcome, Mapped):
         key = outcome.key.encode()
         assert result.key == key or (len(key) > MAX_KEY_BYTES and len(result.key) == 71)
         assert result.dedupe == item_hash(result.source, result.item_id)
-        assert names.count(kafka.H_ITEM_TIME) >= 1
+        assert names.count(envelope.H_ITEM_TIME) >= 1
         for event in msgspec.json.decode(outcome.batch)["events"]:
             if event["event_type"] == "custom_event":
                 assert event["data"]["event_name"].strip(), event

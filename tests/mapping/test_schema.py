@@ -1,4 +1,4 @@
-"""schemas/mparticle/ and the msgspec structs of streamproc.mapping.batch agree, and both
+"""schemas/mparticle/ and the msgspec structs of streamproc.formats.mparticle agree, and both
 fit inside mParticle's published schema.
 """
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft7Validator, ValidationError
 from referencing import Registry, Resource
 
-from streamproc.mapping import batch as b
+from streamproc.formats import mparticle as b
 from streamproc.schemas import load_schema
 from tests.mapping.helpers import CheckBatch
 

@@ -14,8 +14,9 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import REGISTRY
 
-from streamproc import kafka, topics
+from streamproc import topics
 from streamproc.config import Settings
+from streamproc.formats import envelope
 from streamproc.mapping.processor import MapProcessor
 from streamproc.topics import Topics
 from tests.mapping.test_processor import (
@@ -54,7 +55,7 @@ async def test_a_changelog_partition_held_by_an_open_transaction_holds_only_itse
         items = [tm_item(i, f"visitor-{i}", now + i) for i in range(40)]
         await produce_tm(settings, items)
         where = {
-            o.headers[kafka.H_ITEM_ID]: o.partition
+            o.headers[envelope.H_ITEM_ID]: o.partition
             for o in await read_topic(settings, names.ticketmatic, len(items))
         }
         held = {i for i, p in where.items() if p == STUCK}

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from streamproc.formats.ticketure import GATEWAY_ACTIONS, TICKET_ACTIONS
 from streamproc.mapping.ids import source_message_id, source_request_id
 from streamproc.mapping.router import MappingContext, Unknown, Unmappable, map_record
-from streamproc.sources.ticketure.records import GATEWAY_ACTIONS, TICKET_ACTIONS
 from tests.mapping.helpers import CheckBatch, event, mapped, tu
 
 # The names mParticle shows for Ticketure's ticket actions (its integration page).

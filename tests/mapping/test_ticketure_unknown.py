@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamproc.mapping.batch import MAX_ATTRIBUTES, MAX_NAME, MAX_VALUE
+from streamproc.formats.mparticle import MAX_ATTRIBUTES, MAX_NAME, MAX_VALUE
 from tests.mapping.helpers import CheckBatch, event, mapped, tu
 from tests.mapping.test_ticketure import gateway_record, ticket_record
 

@@ -16,10 +16,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from streamproc.formats.ticketmatic import position_key
 from streamproc.sim.faults import RUNAWAY_NEXTID, misbehaviour
 from streamproc.sim.ticketmatic import TicketmaticSim
 from streamproc.sim.ticketmatic_command import add_arguments, schedule_faults
-from streamproc.sources.ticketmatic.cursor import position_key
 from tests.sim.test_ticketmatic_sim import ACME, BETA, Clock, signed
 
 YEAR_MS = 365.25 * 86_400 * 1000

@@ -17,12 +17,11 @@ import pytest
 import pytest_asyncio
 
 from streamproc.config import Settings
+from streamproc.formats.ticketmatic import KNOWN_TYPES, decode_item, normalize_type, position_key
 from streamproc.schemas import load_schema
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sim.webshop import WebshopSessions
 from streamproc.sources.ticketmatic import auth
-from streamproc.sources.ticketmatic.cursor import position_key
-from streamproc.sources.ticketmatic.items import KNOWN_TYPES, decode_item, normalize_type
 from tests.procs import Proc, settings_env, wait_for
 
 ACME = SimAccount("acme", "ak-acme", "sk-acme")

@@ -19,16 +19,16 @@ from aiohttp import web
 from jsonschema import Draft7Validator, Draft202012Validator
 
 from streamproc.config import PushSender, Secret
-from streamproc.schemas import load_schema
-from streamproc.sim.ticketure import TicketureSim
-from streamproc.sim.ticketure_flows import Flows, Step
-from streamproc.sources.ticketure.auth import Authenticator, Verdict
-from streamproc.sources.ticketure.records import (
+from streamproc.formats.ticketure import (
     GATEWAY_ACTIONS,
     TICKET_ACTIONS,
     GatewayAudit,
     TicketAudit,
 )
+from streamproc.schemas import load_schema
+from streamproc.sim.ticketure import TicketureSim
+from streamproc.sim.ticketure_flows import Flows, Step
+from streamproc.sources.ticketure.auth import Authenticator, Verdict
 from tests.procs import wait_for
 
 CLOCK = 1_746_094_500.0

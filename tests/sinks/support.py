@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from streamproc import kafka
 from streamproc.config import MParticleSettings, Secret, Settings
+from streamproc.formats import envelope
 from streamproc.sim.mparticle import MParticleSim
 from streamproc.topics import Topics
 
@@ -95,9 +96,9 @@ async def produce(
                 key=f"user-{i % 5}".encode(),
                 partition=i % settings.topics.partitions if spread else None,
                 headers=[
-                    (kafka.H_SOURCE, source.encode()),
-                    (kafka.H_ITEM_ID, str(i).encode()),
-                    (kafka.H_ITEM_TIME, now),
+                    (envelope.H_SOURCE, source.encode()),
+                    (envelope.H_ITEM_ID, str(i).encode()),
+                    (envelope.H_ITEM_TIME, now),
                 ],
             )
             for i, value in enumerate(values)

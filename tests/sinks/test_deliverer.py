@@ -12,9 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
-from streamproc import kafka, topics
+from streamproc import topics
 from streamproc.config import Settings
 from streamproc.dlq import H_STAGE
+from streamproc.formats import envelope
 from streamproc.health import Health
 from streamproc.sim.mparticle import MParticleSim
 from streamproc.sim.mparticle_control import Control
@@ -111,12 +112,12 @@ async def test_400_dead_letters_the_bad_batches_and_delivers_the_rest(
     assert e2e_bucket("+Inf") - e2e == 77  # after the splits: each delivered batch once
     assert sorted(r.value for r in parked) == sorted(values[i] for i in bad)
     for record in parked:
-        reason = kafka.header(record.headers, kafka.H_REASON) or ""
+        reason = envelope.header(record.headers, envelope.H_REASON) or ""
         assert reason.startswith("rejected_by_mparticle: HTTP 400")
         assert "environment" in reason
-        assert kafka.header(record.headers, H_STAGE) == "deliver"
+        assert envelope.header(record.headers, H_STAGE) == "deliver"
         assert (
-            kafka.header(record.headers, kafka.H_ORIGIN_TOPIC)
+            envelope.header(record.headers, envelope.H_ORIGIN_TOPIC)
             == Topics.for_prefix(settings.topic_prefix).batches
         )
     stored = {b["source_request_id"] for b in sim.batches()}
@@ -135,7 +136,9 @@ async def test_unpostable_records_are_dead_lettered(kafka_settings: Settings) ->
             await wait_for(lambda: sim.stats.batches_stored == 1, 30, what="good batch")
             await wait_for(lambda: all_committed(settings, d.group_id), 20, what="commits")
         parked = await read_dlq(settings, 2)
-    reasons = sorted((kafka.header(r.headers, kafka.H_REASON) or "").split(":")[0] for r in parked)
+    reasons = sorted(
+        (envelope.header(r.headers, envelope.H_REASON) or "").split(":")[0] for r in parked
+    )
     assert reasons == ["batch_too_large", "not_json_object"]
     for reason in REASONS:  # counted once each, under the batch's source
         counted = metric("streamproc_dead_lettered_total", **labels, reason=reason)

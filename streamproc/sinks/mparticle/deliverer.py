@@ -46,6 +46,7 @@ from streamproc import kafka, metrics
 from streamproc.backoff import Backoff
 from streamproc.config import Settings
 from streamproc.dlq import DeadLetter
+from streamproc.formats import envelope
 from streamproc.health import Health
 from streamproc.lifecycle import Service, cancel_and_wait
 from streamproc.redact import mask_url
@@ -379,7 +380,7 @@ class Deliverer(Service):
         assert self._producer is not None  # noqa: S101 -- only called between start and stop
         letter = DeadLetter(
             stage="deliver",
-            source=kafka.header(batch.headers, kafka.H_SOURCE) or "unknown",
+            source=envelope.header(batch.headers, envelope.H_SOURCE) or "unknown",
             reason_code=reason_code,
             reason=reason,
             origin_topic=self.topics.batches,

@@ -33,8 +33,8 @@ from streamproc.errors import (
     ServerError,
     StreamprocError,
 )
+from streamproc.formats.envelope import H_ITEM_TIME, H_SOURCE
 from streamproc.health import Health
-from streamproc.kafka import H_ITEM_TIME, H_SOURCE
 from streamproc.metrics import AgeSeries
 from streamproc.redact import mask_url
 from streamproc.sinks.mparticle.batcher import Batch, request_body, where

@@ -23,10 +23,9 @@ import msgspec
 from streamproc.config import TicketmaticAccount
 from streamproc.decoding import decode_json
 from streamproc.errors import DecodeError, TransportError, http_error, parse_retry_after
+from streamproc.formats.ticketmatic import EventstreamPage, position_key
 from streamproc.lifecycle import Service
 from streamproc.sources.ticketmatic import auth
-from streamproc.sources.ticketmatic.cursor import position_key
-from streamproc.sources.ticketmatic.items import EventstreamPage
 
 _PAGE_DECODER = msgspec.json.Decoder(EventstreamPage)
 USER_AGENT = "streamproc-poller"

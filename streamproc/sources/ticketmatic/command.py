@@ -13,10 +13,10 @@ import logging
 from streamproc import kafka
 from streamproc.config import Settings
 from streamproc.errors import ConfigError, DecodeError
+from streamproc.formats.ticketmatic import ts_ms
 from streamproc.health import Health
 from streamproc.lag import LagMonitor
 from streamproc.lifecycle import stop_on_signals
-from streamproc.sources.ticketmatic.items import ts_ms
 from streamproc.sources.ticketmatic.ownership import group_id
 from streamproc.sources.ticketmatic.service import PollService
 from streamproc.startup import serving

@@ -26,14 +26,21 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from streamproc import kafka
 from streamproc.dlq import DeadLetter
 from streamproc.errors import DecodeError
-from streamproc.sources.ticketmatic.cursor import Cursor, later, position_key
-from streamproc.sources.ticketmatic.items import EventstreamPage, TmItem, decode_item, ts_ms
+from streamproc.formats import envelope
+from streamproc.formats.envelope import Source
+from streamproc.formats.ticketmatic import (
+    Cursor,
+    EventstreamPage,
+    TmItem,
+    decode_item,
+    later,
+    position_key,
+    ts_ms,
+)
 from streamproc.topics import Topics
 
-SOURCE = b"ticketmatic"
 # Which poller process wrote a record (host:pid): traces a record to a replica.
 H_POLLER = "poller"
 
@@ -59,7 +66,7 @@ class OutRecord(NamedTuple):
     topic: str
     key: bytes
     value: bytes
-    headers: kafka.Headers
+    headers: envelope.Headers
 
 
 class PageRecords(msgspec.Struct, kw_only=True):
@@ -130,10 +137,10 @@ def build(
     dead: list[OutRecord] = []
     result = PageRecords(records=out, cursor=previous)
     account_b = account.encode()
-    common: kafka.Headers = [
-        (kafka.H_SOURCE, SOURCE),
-        (kafka.H_ACCOUNT, account_b),
-        (kafka.H_RECEIVED, str(received_ms).encode()),
+    common: envelope.Headers = [
+        (envelope.H_SOURCE, Source.TICKETMATIC.header),
+        (envelope.H_ACCOUNT, account_b),
+        (envelope.H_RECEIVED, str(received_ms).encode()),
         (H_POLLER, poller.encode()),
     ]
     item_ms: dict[str, int] = {}  # the items of a page share few distinct times
@@ -161,13 +168,13 @@ def build(
         if item is None:
             letter = DeadLetter(
                 stage="poll",
-                source=SOURCE.decode(),
+                source=Source.TICKETMATIC,
                 reason_code=INVALID_ITEM,
                 reason=str(error),
                 origin_topic=topics.ticketmatic,
                 key=record_key(account, ref),
                 value=raw,
-                headers=[*common, (kafka.H_ITEM_ID, (item_id or "").encode())],
+                headers=[*common, (envelope.H_ITEM_ID, (item_id or "").encode())],
             )
             dead.append(
                 OutRecord(topics.dlq, letter.key or account_b, letter.value, letter.headers)
@@ -180,8 +187,8 @@ def build(
                 raise _malformed(index, "ts", "is in the future", "future_item")
             headers = [
                 *common,
-                (kafka.H_ITEM_ID, item.id.encode()),
-                (kafka.H_ITEM_TIME, str(time_ms).encode()),
+                (envelope.H_ITEM_ID, item.id.encode()),
+                (envelope.H_ITEM_TIME, str(time_ms).encode()),
             ]
             out.append(OutRecord(topics.ticketmatic, record_key(account, ref), raw, headers))
             result.items += 1

@@ -47,11 +47,10 @@ from streamproc.errors import (
     TransportError,
     peer_text,
 )
+from streamproc.formats.ticketmatic import Cursor, EventstreamPage, later, position_key, ts_ms
 from streamproc.health import Health
 from streamproc.sources.ticketmatic import cursor as cursors
 from streamproc.sources.ticketmatic.client import EventstreamClient
-from streamproc.sources.ticketmatic.cursor import Cursor, later
-from streamproc.sources.ticketmatic.items import EventstreamPage, ts_ms
 from streamproc.sources.ticketmatic.page import INVALID_ITEM, MALFORMED_REASONS, PageRecords, build
 from streamproc.sources.ticketmatic.writer import PageWriter
 from streamproc.topics import Topics
@@ -237,7 +236,7 @@ class AccountPoller:
         if self.cursor is not None:
             known = self.cursor.known_ms
             if not known and self.cursor.id:
-                known = cursors.position_key(self.cursor.id)[0]
+                known = position_key(self.cursor.id)[0]
             # A restored cursor says how far the stream was read, before this process.
             self._progress(known)
         log.info(
@@ -414,7 +413,7 @@ class AccountPoller:
             return
         known = self.cursor.known_ms
         if not known and self.cursor.id:
-            known = cursors.position_key(self.cursor.id)[0]
+            known = position_key(self.cursor.id)[0]
         horizon = _now_ms() - int(self.retention_s * 1000)
         if not known or known >= horizon:
             return

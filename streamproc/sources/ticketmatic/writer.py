@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from streamproc.formats.ticketmatic import Cursor, encode_cursor
 from streamproc.sources.ticketmatic import cursor as cursors
 from streamproc.sources.ticketmatic.page import OutRecord
 
@@ -32,7 +33,7 @@ class PageWriter:
         self._partition_counts: dict[str, int] = {}
         self._partitions: dict[tuple[str, bytes], int] = {}
 
-    async def commit(self, records: Sequence[OutRecord], cursor: cursors.Cursor) -> None:
+    async def commit(self, records: Sequence[OutRecord], cursor: Cursor) -> None:
         """``records`` and ``cursor`` in one transaction; any KafkaError means not committed
         (or not known to be: the caller must re-read the cursor from Kafka)."""
         producer = self.producer
@@ -45,7 +46,7 @@ class PageWriter:
             sent.append(
                 await producer.send(
                     self.cursors_topic,
-                    cursors.encode(cursor),
+                    encode_cursor(cursor),
                     key=self.account.encode(),
                     partition=cursors.cursor_partition(self.account, count),
                 )

@@ -1,6 +1,6 @@
 """The body of ``POST /ticketure/events``: one audit record or a JSON array of them.
 
-The shape is :mod:`streamproc.sources.ticketure.records`, published as JSON Schema in
+The shape is :mod:`streamproc.formats.ticketure`, published as JSON Schema in
 ``schemas/ticketure/events.schema.json``. Beyond what the structs check, ``occurred_at``
 must be an RFC 3339 date-time (with an offset, as the schema's ``date-time`` format says)
 and ``event_id``, when given, a non-empty string of at most 256 characters. An attribute
@@ -23,13 +23,13 @@ import rfc3339_validator
 
 from streamproc.decoding import decode_json
 from streamproc.errors import DecodeError
-from streamproc.sources.ticketure import ids
-from streamproc.sources.ticketure.records import (
+from streamproc.formats.ticketure import (
     AnyScalar,
     AuditRecord,
     GatewayAttributes,
     TicketAttributes,
 )
+from streamproc.sources.ticketure import ids
 
 _MISSING = re.compile(r"Object missing required field `([^`]*)`")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")

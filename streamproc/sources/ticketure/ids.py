@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from streamproc.sources.ticketure.records import ENCODER, AuditRecord
+from streamproc.formats.ticketure import ENCODER, AuditRecord
 
 MAX_ID_LENGTH = 256
 HASH_PREFIX = "sha256:"

@@ -2,8 +2,8 @@
 
 Ticketure's Push API is set up with an mParticle feed's key and secret, so it posts
 mParticle batches (``/v2/events``: one; ``/v2/bulkevents``: an array of at most 100).
-They are decoded with the structs of :mod:`.mparticle_wire`, so a batch mParticle's schema
-refuses is refused here with the field named. What is recognised:
+They are decoded with the ``Posted*`` structs of :mod:`streamproc.formats.mparticle`, so
+a batch mParticle's schema refuses is refused here with the field named. What is recognised:
 
 - ``custom_event`` of ``custom_event_type`` ``transaction`` whose ``event_name`` is a
   ticket action (``Purchased``, ``Force_redeemed``... any case): a ``ticket_audit``;
@@ -33,6 +33,25 @@ import msgspec
 
 from streamproc.decoding import decode_json
 from streamproc.errors import DecodeError
+from streamproc.formats.mparticle import (
+    MAX_BULK_BATCHES,
+    PostedAttributes,
+    PostedBatch,
+    PostedCommerceEventData,
+    PostedCustomEventData,
+    PostedUserIdentities,
+    String,
+)
+from streamproc.formats.ticketure import (
+    GATEWAY_ACTIONS,
+    TICKET_ACTIONS,
+    AnyScalar,
+    AuditRecord,
+    GatewayAttributes,
+    GatewayAudit,
+    TicketAttributes,
+    TicketAudit,
+)
 from streamproc.sources.ticketure import ids
 from streamproc.sources.ticketure.audit_shape import (
     KNOWN_ATTRIBUTES,
@@ -43,30 +62,11 @@ from streamproc.sources.ticketure.audit_shape import (
     parse_occurred_at,
     split_attributes,
 )
-from streamproc.sources.ticketure.mparticle_wire import (
-    MAX_BULK_BATCHES,
-    Batch,
-    CommerceEventData,
-    CustomAttributes,
-    CustomEventData,
-    String,
-    UserIdentities,
-)
-from streamproc.sources.ticketure.records import (
-    GATEWAY_ACTIONS,
-    TICKET_ACTIONS,
-    AnyScalar,
-    AuditRecord,
-    GatewayAttributes,
-    GatewayAudit,
-    TicketAttributes,
-    TicketAudit,
-)
 
-_BATCH = msgspec.json.Decoder(Batch)
-_BULK = msgspec.json.Decoder(list[Batch])
-_CUSTOM = msgspec.json.Decoder(CustomEventData)
-_COMMERCE = msgspec.json.Decoder(CommerceEventData)
+_BATCH = msgspec.json.Decoder(PostedBatch)
+_BULK = msgspec.json.Decoder(list[PostedBatch])
+_CUSTOM = msgspec.json.Decoder(PostedCustomEventData)
+_COMMERCE = msgspec.json.Decoder(PostedCommerceEventData)
 
 # An event found in a batch, before its item id: the record, where it is, and its hints.
 _Found = tuple[AuditRecord, int, str, ids.Hints]
@@ -104,9 +104,9 @@ def decode(body: bytes, *, bulk: bool, request_id: str | None = None) -> Decoded
     return out
 
 
-def _batch_records(batch: Batch, where: str, out: Decoded) -> list[_Found]:
+def _batch_records(batch: PostedBatch, where: str, out: Decoded) -> list[_Found]:
     events = batch.events or []
-    identities = batch.user_identities or UserIdentities()
+    identities = batch.user_identities or PostedUserIdentities()
     email, mobile = _text(identities.email), _text(identities.mobile_number)
     request_id = _text(batch.source_request_id)
     found: list[_Found] = []
@@ -129,7 +129,12 @@ def _batch_records(batch: Batch, where: str, out: Decoded) -> list[_Found]:
 
 
 def _ticket(
-    raw: msgspec.Raw, at: str, batch: Batch, email: str | None, mobile: str | None, out: Decoded
+    raw: msgspec.Raw,
+    at: str,
+    batch: PostedBatch,
+    email: str | None,
+    mobile: str | None,
+    out: Decoded,
 ) -> tuple[AuditRecord | None, str | None]:
     data = _event_data(_CUSTOM, raw, at)
     if data.custom_event_type != "transaction":
@@ -153,7 +158,12 @@ def _ticket(
 
 
 def _gateway(
-    raw: msgspec.Raw, at: str, batch: Batch, email: str | None, mobile: str | None, out: Decoded
+    raw: msgspec.Raw,
+    at: str,
+    batch: PostedBatch,
+    email: str | None,
+    mobile: str | None,
+    out: Decoded,
 ) -> tuple[AuditRecord | None, str | None]:
     data = _event_data(_COMMERCE, raw, at)
     action = data.product_action.action if data.product_action else None
@@ -183,7 +193,7 @@ def _event_data(decoder: msgspec.json.Decoder[Any], raw: msgspec.Raw, at: str) -
 
 
 def _attributes(
-    custom: CustomAttributes | None, kind: str, at: str
+    custom: PostedAttributes | None, kind: str, at: str
 ) -> tuple[dict[str, Any], dict[str, AnyScalar]]:
     """(the custom attributes our records have a field for, booleans as text; the others).
 
@@ -204,7 +214,7 @@ def _known(struct: type[Any], attrs: dict[str, Any], at: str) -> Any:
 
 
 def _occurred_at(
-    event_ms: int | None, attrs: dict[str, str | int | float | None], batch: Batch, at: str
+    event_ms: int | None, attrs: dict[str, str | int | float | None], batch: PostedBatch, at: str
 ) -> str:
     if event_ms is not None:
         return format_ms(event_ms, at + "timestamp_unixtime_ms")

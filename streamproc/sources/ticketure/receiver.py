@@ -35,17 +35,19 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from streamproc import kafka, metrics
+from streamproc import metrics
 from streamproc.config import Settings
 from streamproc.dlq import DeadLetter
 from streamproc.errors import DecodeError, TransportError
+from streamproc.formats import envelope
+from streamproc.formats.envelope import Source
 from streamproc.health import Health
 from streamproc.lifecycle import Service
 from streamproc.sources.ticketure import audit_shape, connections, mparticle_shape
 from streamproc.sources.ticketure.audit_shape import Decoded
 from streamproc.sources.ticketure.auth import Authenticator
 from streamproc.sources.ticketure.refusals import Rejected, check_content_type, read_body, verdict
-from streamproc.sources.ticketure.writer import SOURCE, KafkaWriter, RecordTooLarge
+from streamproc.sources.ticketure.writer import KafkaWriter, RecordTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +56,13 @@ ROUTE_MP_EVENTS = "/v2/events"
 ROUTE_MP_BULK = "/v2/bulkevents"
 COMPONENT = "receiver"
 FILES_COMPONENT = "receiver.files"
-SOURCE_LABEL = "ticketure"
 # aiohttp's bounds on a request head; a line or header past them is answered 400.
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
 MAX_HEADERS = 64
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII, as a Kafka header takes it
 
-_ITEMS_IN = metrics.ITEMS_IN.labels(SOURCE_LABEL)
+_ITEMS_IN = metrics.ITEMS_IN.labels(Source.TICKETURE)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Decode = Callable[[bytes, str | None], Decoded]
@@ -203,7 +204,7 @@ class Receiver(Service):
             try:
                 response = await self._handle(request, route, decode, arrived)
             except Rejected as rejected:
-                metrics.REJECTED.labels(SOURCE_LABEL, rejected.reason).inc()
+                metrics.REJECTED.labels(Source.TICKETURE, rejected.reason).inc()
                 response = rejected.response()
             except Exception:
                 log.exception("receiver failed on a %s request", route)
@@ -263,7 +264,7 @@ class Receiver(Service):
         # Events that are not Ticketure's, and attributes new to us, are counted once the
         # request is taken, so a request answered 503 and retried does not count twice.
         for reason, count in skipped.items():
-            metrics.REJECTED.labels(SOURCE_LABEL, reason).inc(count)
+            metrics.REJECTED.labels(Source.TICKETURE, reason).inc(count)
         for item in accepted:
             for name in item.record.unknown_attributes or ():
                 metrics.RX_UNKNOWN_ATTRIBUTES.labels(self._unknown_names(name)).inc()
@@ -325,16 +326,16 @@ class Receiver(Service):
         the body again."""
         letter = DeadLetter(
             stage="receive",
-            source=SOURCE_LABEL,
+            source=Source.TICKETURE,
             reason_code=exc.code,
             reason=str(exc),
             origin_topic=self.writer.topics.ticketure,
             key=None,
             value=body,
             headers=[
-                (kafka.H_SOURCE, SOURCE),
-                (kafka.H_SENDER, sender),
-                (kafka.H_RECEIVED, str(received_ms).encode()),
+                (envelope.H_SOURCE, Source.TICKETURE.header),
+                (envelope.H_SENDER, sender),
+                (envelope.H_RECEIVED, str(received_ms).encode()),
                 ("route", route.encode()),
             ],
         )

@@ -26,15 +26,16 @@ from streamproc import kafka
 from streamproc.config import MAX_RECORD_BYTES, Settings
 from streamproc.dlq import DeadLetter
 from streamproc.errors import StreamprocError, TransportError
+from streamproc.formats import envelope
+from streamproc.formats.envelope import Source
+from streamproc.formats.ticketure import ENCODER
 from streamproc.health import Health
 from streamproc.lifecycle import Service, cancel_and_wait
 from streamproc.sources.ticketure.audit_shape import Accepted
-from streamproc.sources.ticketure.records import ENCODER
 from streamproc.topics import Topics
 
 log = logging.getLogger(__name__)
 
-SOURCE = b"ticketure"
 COMPONENT = "receiver.kafka"
 ABANDON_TIMEOUT_S = 2.0  # to close a dropped producer's connections
 
@@ -112,11 +113,11 @@ class KafkaWriter(Service):
             key = (record.order_key() or f"item:{record.event_id}").encode()
             value = ENCODER.encode(record)
             headers = [
-                (kafka.H_SOURCE, SOURCE),
-                (kafka.H_SENDER, sender),
-                (kafka.H_ITEM_ID, (record.event_id or "").encode()),
-                (kafka.H_ITEM_TIME, str(time_ms).encode()),
-                (kafka.H_RECEIVED, received),
+                (envelope.H_SOURCE, Source.TICKETURE.header),
+                (envelope.H_SENDER, sender),
+                (envelope.H_ITEM_ID, (record.event_id or "").encode()),
+                (envelope.H_ITEM_TIME, str(time_ms).encode()),
+                (envelope.H_RECEIVED, received),
             ]
             # Checked before anything is sent: a push is written whole or not at all.
             if kafka.record_size(key, value, headers) > MAX_RECORD_BYTES:

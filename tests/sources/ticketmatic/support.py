@@ -11,8 +11,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from streamproc import kafka
 from streamproc.config import Secret, Settings, TicketmaticAccount, TicketmaticSettings
+from streamproc.formats import envelope
+from streamproc.formats.ticketmatic import position_key
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
-from streamproc.sources.ticketmatic.cursor import position_key
 from streamproc.sources.ticketmatic.page import H_POLLER
 
 
@@ -98,9 +99,9 @@ class TopicReader:
 
     def ids(self, account: str | None = None) -> list[str]:
         return [
-            kafka.header(r.headers, kafka.H_ITEM_ID) or ""
+            envelope.header(r.headers, envelope.H_ITEM_ID) or ""
             for r in self.records
-            if account is None or kafka.header(r.headers, kafka.H_ACCOUNT) == account
+            if account is None or envelope.header(r.headers, envelope.H_ACCOUNT) == account
         ]
 
 
@@ -123,7 +124,10 @@ def complete(
 
     def done(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
         have = {
-            (kafka.header(r.headers, kafka.H_ACCOUNT), kafka.header(r.headers, kafka.H_ITEM_ID))
+            (
+                envelope.header(r.headers, envelope.H_ACCOUNT),
+                envelope.header(r.headers, envelope.H_ITEM_ID),
+            )
             for r in records
         }
         return wanted <= have
@@ -140,8 +144,8 @@ def assert_exactly_once_in_order(
         collections.defaultdict(list)
     )
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-        account = kafka.header(r.headers, kafka.H_ACCOUNT) or ""
-        item_id = kafka.header(r.headers, kafka.H_ITEM_ID) or ""
+        account = envelope.header(r.headers, envelope.H_ACCOUNT) or ""
+        item_id = envelope.header(r.headers, envelope.H_ITEM_ID) or ""
         by_account[account].append((item_id, r.value))
         per_partition_key[(r.partition, r.key)].append(position_key(item_id))
     for account in accounts:
@@ -158,9 +162,9 @@ def assert_exactly_once_in_order(
 
 def writers(records: list[ConsumerRecord[bytes, bytes]], account: str) -> list[str]:
     """The poller of each record of ``account``, in item order."""
-    mine = [r for r in records if kafka.header(r.headers, kafka.H_ACCOUNT) == account]
-    mine.sort(key=lambda r: position_key(kafka.header(r.headers, kafka.H_ITEM_ID) or "0"))
-    return [kafka.header(r.headers, H_POLLER) or "" for r in mine]
+    mine = [r for r in records if envelope.header(r.headers, envelope.H_ACCOUNT) == account]
+    mine.sort(key=lambda r: position_key(envelope.header(r.headers, envelope.H_ITEM_ID) or "0"))
+    return [envelope.header(r.headers, H_POLLER) or "" for r in mine]
 
 
 def runs(sequence: list[str]) -> list[str]:

@@ -17,10 +17,10 @@ from streamproc.errors import (
     ServerError,
     TransportError,
 )
+from streamproc.formats.ticketmatic import position_key
 from streamproc.localkafka import free_port
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sources.ticketmatic.client import EventstreamClient
-from streamproc.sources.ticketmatic.cursor import position_key
 
 SIM_ACME = SimAccount("acme", "ak-acme", "sk-acme")
 

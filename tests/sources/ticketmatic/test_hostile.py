@@ -18,10 +18,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from streamproc.config import Settings
+from streamproc.formats.ticketmatic import Cursor, position_key
 from streamproc.health import Health
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sources.ticketmatic import cursor as cursors
-from streamproc.sources.ticketmatic.cursor import position_key
 from streamproc.sources.ticketmatic.service import PollService
 from streamproc.topics import Topics, ensure
 from tests.procs import wait_for
@@ -92,7 +92,7 @@ class Poller:
         return None if state is None or state["ready"] else str(state["reason"])
 
 
-async def saved_cursor(settings: Settings) -> cursors.Cursor:
+async def saved_cursor(settings: Settings) -> Cursor:
     topic = Topics.for_prefix(settings.topic_prefix).cursors
     parts = await topic_partitions(settings, topic)
     return (await cursors.restore(settings, topic, [tp.partition for tp in parts]))["acme"]

@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamproc.errors import DecodeError
+from streamproc.formats import ticketmatic as items
+from streamproc.formats.ticketmatic import later, position_key
 from streamproc.schemas import load_schema
-from streamproc.sources.ticketmatic import items
 from streamproc.sources.ticketmatic.client import decode_page
-from streamproc.sources.ticketmatic.cursor import later, position_key
 
 ITEM_SCHEMA = "ticketmatic/eventstream-item.schema.json"
 PAGE_SCHEMA = "ticketmatic/eventstream-page.schema.json"

@@ -8,10 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
-from streamproc import kafka, metrics
+from streamproc import metrics
 from streamproc.errors import DecodeError
+from streamproc.formats import envelope
+from streamproc.formats.ticketmatic import Cursor
 from streamproc.sources.ticketmatic.client import decode_page
-from streamproc.sources.ticketmatic.cursor import Cursor
 from streamproc.sources.ticketmatic.page import H_POLLER, PageRecords, build
 from streamproc.topics import Topics
 
@@ -65,11 +66,11 @@ def test_items_keep_their_bytes_key_and_headers() -> None:
     assert first.key == b"acme:u 1"
     assert second.key == b"acme"
     headers = dict(first.headers)
-    assert headers[kafka.H_SOURCE] == b"ticketmatic"
-    assert headers[kafka.H_ACCOUNT] == b"acme"
-    assert headers[kafka.H_ITEM_ID] == b"1000-0"
-    assert headers[kafka.H_ITEM_TIME] == b"1714555800000"
-    assert headers[kafka.H_RECEIVED] == str(NOW_MS).encode()
+    assert headers[envelope.H_SOURCE] == b"ticketmatic"
+    assert headers[envelope.H_ACCOUNT] == b"acme"
+    assert headers[envelope.H_ITEM_ID] == b"1000-0"
+    assert headers[envelope.H_ITEM_TIME] == b"1714555800000"
+    assert headers[envelope.H_RECEIVED] == str(NOW_MS).encode()
     assert headers[H_POLLER] == b"host:1"
     assert built.items == 2
     assert built.cursor == Cursor(
@@ -89,7 +90,7 @@ def test_the_start_item_served_again_is_a_counted_duplicate() -> None:
         more=True,
     )
     built = run(body, cursor)
-    assert [dict(r.headers)[kafka.H_ITEM_ID] for r in built.records] == [b"1000-10", b"1001-0"]
+    assert [dict(r.headers)[envelope.H_ITEM_ID] for r in built.records] == [b"1000-10", b"1001-0"]
     assert built.duplicates == 1
     assert built.cursor.id == "1001-0"
     assert built.cursor.next == "1001-1"
@@ -182,10 +183,10 @@ def test_broken_items_go_to_the_dead_letter_topic_and_move_the_cursor() -> None:
     letters = built.records[2:]
     assert [r.value for r in letters] == [no_type, b"17", no_id]
     assert letters[0].key == b"acme:u9"
-    reason = kafka.header(letters[0].headers, kafka.H_REASON) or ""
+    reason = envelope.header(letters[0].headers, envelope.H_REASON) or ""
     assert reason.startswith("invalid_item: ")
     assert "type" in reason
-    assert kafka.header(letters[0].headers, kafka.H_ORIGIN_TOPIC) == TOPICS.ticketmatic
+    assert envelope.header(letters[0].headers, envelope.H_ORIGIN_TOPIC) == TOPICS.ticketmatic
     assert built.cursor.id == "11-0"
     # Counted by the poller once the page's transaction commits, not when it is built.
     assert (

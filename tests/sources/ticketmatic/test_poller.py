@@ -12,13 +12,14 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from streamproc import kafka, metrics
+from streamproc import metrics
 from streamproc.config import Settings
 from streamproc.errors import RateLimited, ServerError
+from streamproc.formats import envelope
+from streamproc.formats.ticketmatic import position_key
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sources.ticketmatic import cursor as cursors
 from streamproc.sources.ticketmatic.client import EventstreamClient
-from streamproc.sources.ticketmatic.cursor import position_key
 from streamproc.sources.ticketmatic.poller import AccountPoller, Fenced
 from streamproc.sources.ticketmatic.service import PollService
 from streamproc.topics import Topics, ensure
@@ -141,7 +142,9 @@ async def test_faults_are_survived_and_bad_items_parked(
         assert len(set(reader.ids())) == len(good)
         [letter] = dlq.records
         assert letter.value == sim.items("acme")[60][1]
-        assert (kafka.header(letter.headers, kafka.H_REASON) or "").startswith("invalid_item: ")
+        assert (envelope.header(letter.headers, envelope.H_REASON) or "").startswith(
+            "invalid_item: "
+        )
         assert count(metrics.TM_POLLS, "acme", "rate_limited") - before["rate_limited"] == 3
         assert count(metrics.TM_POLLS, "acme", "server_error") - before["server_error"] == 3
         assert count(metrics.TM_POLLS, "acme", "malformed") - before["malformed"] == 1

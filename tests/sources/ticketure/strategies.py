@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from hypothesis import strategies as st
 
-from streamproc.sources.ticketure.records import (
+from streamproc.formats.ticketure import (
     GATEWAY_ACTIONS,
     TICKET_ACTIONS,
     AuditRecord,

@@ -11,8 +11,9 @@ import aiohttp
 import msgspec
 import pytest
 
-from streamproc import kafka, localkafka
+from streamproc import localkafka
 from streamproc.config import Settings
+from streamproc.formats import envelope
 from streamproc.sim.ticketure import TicketureSim
 from tests.procs import Proc, settings_env, wait_for
 from tests.sources.ticketure.conftest import KEY, SECRET, read_topic, topic_names
@@ -93,6 +94,6 @@ async def test_stopped_under_load_keeps_every_acknowledged_record(
     else:
         assert code == -9, output
     records = await read_topic(settings, topic_names(settings).ticketure)
-    in_kafka = {kafka.header(r.headers, kafka.H_ITEM_ID) for r in records}
+    in_kafka = {envelope.header(r.headers, envelope.H_ITEM_ID) for r in records}
     assert stats.acknowledged
     assert set(stats.acknowledged) <= in_kafka

@@ -19,11 +19,12 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 
-from streamproc import kafka, localkafka, topics
+from streamproc import localkafka, topics
 from streamproc.config import KafkaSettings, ReceiverSettings, Settings
+from streamproc.formats import envelope
+from streamproc.formats.ticketure import RECORD_DECODER
 from streamproc.sources.ticketure import ids
 from streamproc.sources.ticketure.receiver import Receiver
-from streamproc.sources.ticketure.records import RECORD_DECODER
 from tests.fuzz.client import Client
 from tests.fuzz.ledger import Ledger
 from tests.fuzz.requests import SENDERS, Request, requests
@@ -126,7 +127,7 @@ def test_generated_requests_are_answered_as_promised_and_kept(served: ReceiverTh
     names = topic_names(served.settings)
     records = asyncio.run(read_topic(served.settings, names.ticketure, timeout_s=60))
     letters = asyncio.run(read_topic(served.settings, names.dlq, timeout_s=60))
-    ids = [kafka.header(r.headers, kafka.H_ITEM_ID) for r in records]
+    ids = [envelope.header(r.headers, envelope.H_ITEM_ID) for r in records]
     assert ledger.missing(ids, [r.value for r in letters]) == (0, 0)
     assert ledger.cases == 600
     # The generator reaches every outcome often: acknowledged, refused, not authenticated.

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from streamproc import kafka, localkafka, topics
+from streamproc import localkafka, topics
 from streamproc.config import KafkaSettings, Settings, TopicSettings
+from streamproc.formats import envelope
 from streamproc.sim.ticketure import TicketureSim
 from streamproc.sources.ticketure.receiver import Receiver
 from tests.procs import wait_for
@@ -94,7 +95,7 @@ async def test_outage_answers_503_then_recovers_and_loses_nothing(broker: OwnBro
     assert stats.failed == stats.rejected == 0
     assert stats.retries >= stats.statuses["503"] >= 20
     records = await read_topic(settings, topics.Topics.for_prefix(settings.topic_prefix).ticketure)
-    in_kafka = {kafka.header(r.headers, kafka.H_ITEM_ID) for r in records}
+    in_kafka = {envelope.header(r.headers, envelope.H_ITEM_ID) for r in records}
     missing = set(stats.acknowledged) - in_kafka
     assert not missing, f"{len(missing)} acknowledged records are not in Kafka"
     assert len(stats.acknowledged) == stats.records

@@ -10,12 +10,13 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from streamproc import kafka, localkafka
+from streamproc import localkafka
 from streamproc.config import KafkaSettings, Settings
+from streamproc.formats import envelope
+from streamproc.formats.ticketure import RECORD_DECODER, TicketAudit
 from streamproc.sources.ticketure.audit_shape import Accepted
 from streamproc.sources.ticketure.auth import basic_header, sign
 from streamproc.sources.ticketure.receiver import Receiver
-from streamproc.sources.ticketure.records import RECORD_DECODER, TicketAudit
 from streamproc.sources.ticketure.writer import RecordTooLarge
 from tests.sources.ticketure.conftest import (
     HMAC_SECRET,
@@ -66,20 +67,20 @@ async def test_records_are_acknowledged_once_in_kafka_with_key_and_headers(
     assert item_ids[1].startswith("sha256:")
     records = await read_topic(rx_settings, topic_names(rx_settings).ticketure)
     assert len(records) == 2
-    by_id = {kafka.header(r.headers, kafka.H_ITEM_ID): r for r in records}
+    by_id = {envelope.header(r.headers, envelope.H_ITEM_ID): r for r in records}
     assert set(by_id) == set(item_ids)
     first = by_id["evt-1"]
     assert first.key == b"ord-1"
-    assert kafka.header(first.headers, kafka.H_SOURCE) == "ticketure"
-    assert kafka.header(first.headers, kafka.H_SENDER) == "ticketure"
-    assert kafka.header(first.headers, kafka.H_ITEM_TIME) == "1746094500000"
-    assert int(kafka.header(first.headers, kafka.H_RECEIVED) or 0) > 1746094500000
+    assert envelope.header(first.headers, envelope.H_SOURCE) == "ticketure"
+    assert envelope.header(first.headers, envelope.H_SENDER) == "ticketure"
+    assert envelope.header(first.headers, envelope.H_ITEM_TIME) == "1746094500000"
+    assert int(envelope.header(first.headers, envelope.H_RECEIVED) or 0) > 1746094500000
     decoded = RECORD_DECODER.decode(first.value)
     assert isinstance(decoded, TicketAudit)
     assert decoded.event_id == "evt-1"
     second = by_id[item_ids[1]]
     assert second.key == b"cart-9"
-    assert kafka.header(second.headers, kafka.H_ITEM_TIME) == "1746087360000"
+    assert envelope.header(second.headers, envelope.H_ITEM_TIME) == "1746087360000"
     assert RECORD_DECODER.decode(second.value).event_id == item_ids[1]
     assert metric("streamproc_items_in_total", source="ticketure") == before + 2
 
@@ -104,7 +105,9 @@ async def test_mparticle_routes_take_batches_signed_or_basic(
     assert status == 202
     records = await read_topic(rx_settings, topic_names(rx_settings).ticketure)
     senders = {
-        kafka.header(r.headers, kafka.H_ITEM_ID): kafka.header(r.headers, kafka.H_SENDER)
+        envelope.header(r.headers, envelope.H_ITEM_ID): envelope.header(
+            r.headers, envelope.H_SENDER
+        )
         for r in records
     }
     assert senders == {"m-1": "signed", "m-2": "ticketure"}
@@ -188,12 +191,15 @@ async def test_undecodable_authenticated_bodies_are_dead_lettered(
     assert (await post(http, receiver, "/ticketure/events", unauthenticated, {}))[0] == 401
     (letter,) = await read_topic(rx_settings, topic_names(rx_settings).dlq)
     assert letter.value == bad
-    reason = kafka.header(letter.headers, kafka.H_REASON) or ""
+    reason = envelope.header(letter.headers, envelope.H_REASON) or ""
     assert "occurred_at" in reason
     assert "RFC 3339" in reason
-    assert kafka.header(letter.headers, kafka.H_SENDER) == "ticketure"
-    assert kafka.header(letter.headers, "dlq_stage") == "receive"
-    assert kafka.header(letter.headers, kafka.H_ORIGIN_TOPIC) == topic_names(rx_settings).ticketure
+    assert envelope.header(letter.headers, envelope.H_SENDER) == "ticketure"
+    assert envelope.header(letter.headers, "dlq_stage") == "receive"
+    assert (
+        envelope.header(letter.headers, envelope.H_ORIGIN_TOPIC)
+        == topic_names(rx_settings).ticketure
+    )
 
 
 async def test_a_refused_body_at_the_size_limit_is_dead_lettered_whole(
@@ -265,7 +271,7 @@ async def test_replayed_pushes_carry_the_same_item_ids(
     for _ in range(2):
         assert (await post(http, receiver, "/v2/events", batch, BASIC))[0] == 202
     records = await read_topic(rx_settings, topic_names(rx_settings).ticketure)
-    ids = [kafka.header(r.headers, kafka.H_ITEM_ID) or "" for r in records]
+    ids = [envelope.header(r.headers, envelope.H_ITEM_ID) or "" for r in records]
     assert len(ids) == 10
     assert sorted(set(ids)) == sorted(
         [*orjson.loads(answers[0][2])["item_ids"], "req-1#0", "req-1#1"]

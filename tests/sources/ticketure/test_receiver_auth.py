@@ -13,8 +13,8 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from streamproc import kafka
 from streamproc.config import PushSender, Secret, Settings
+from streamproc.formats import envelope
 from streamproc.sim.ticketure import TicketureSim
 from streamproc.sources.ticketure.auth import basic_header, sign
 from streamproc.sources.ticketure.receiver import Receiver
@@ -137,8 +137,8 @@ async def test_replay_protection_on_refuses_stale_or_unstamped_pushes(
         got = [(await post(http, guarded, "/ticketure/events", body, h))[0] for h, _ in cases]
     assert got == [status for _, status in cases]
     records = await read_topic(kafka_settings, topic_names(kafka_settings).ticketure)
-    assert [kafka.header(r.headers, kafka.H_ITEM_ID) for r in records] == ["stamped"] * 2
-    assert {kafka.header(r.headers, kafka.H_SENDER) for r in records} == {"windowed"}
+    assert [envelope.header(r.headers, envelope.H_ITEM_ID) for r in records] == ["stamped"] * 2
+    assert {envelope.header(r.headers, envelope.H_SENDER) for r in records} == {"windowed"}
 
 
 async def test_replay_protection_off_takes_the_body_signature_alone(guarded: Receiver) -> None:

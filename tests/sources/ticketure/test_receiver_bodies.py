@@ -7,10 +7,11 @@ import aiohttp
 import orjson
 import pytest
 
-from streamproc import kafka, metrics
+from streamproc import metrics
 from streamproc.config import Settings
+from streamproc.formats import envelope
+from streamproc.formats.ticketure import RECORD_DECODER, TicketAudit
 from streamproc.sources.ticketure.receiver import Receiver
-from streamproc.sources.ticketure.records import RECORD_DECODER, TicketAudit
 from streamproc.sources.ticketure.writer import RecordTooLarge
 from tests.sources.ticketure.conftest import read_topic, topic_names
 from tests.sources.ticketure.test_receiver import BASIC, metric, post, signed
@@ -86,10 +87,10 @@ async def test_bodies_that_were_500s_are_400s_and_dead_lettered(
     assert (error["code"], error["field"]) == ("VALIDATION_ERROR", field)
     (letter,) = await read_topic(rx_settings, topic_names(rx_settings).dlq)
     assert letter.value == body
-    reason = kafka.header(letter.headers, kafka.H_REASON) or ""
+    reason = envelope.header(letter.headers, envelope.H_REASON) or ""
     assert reason.startswith(f"{code}: {field}: ")
-    assert kafka.header(letter.headers, kafka.H_SENDER) == "signed"
-    assert kafka.header(letter.headers, "route") == route
+    assert envelope.header(letter.headers, envelope.H_SENDER) == "signed"
+    assert envelope.header(letter.headers, "route") == route
     assert metric(
         "streamproc_dead_lettered_total", stage="receive", source="ticketure", reason=code
     ) == (dead_before + 1)
@@ -115,7 +116,7 @@ async def test_an_event_kafka_cannot_take_is_a_400_naming_it_and_dead_lettered(
     assert orjson.loads(answer)["errors"][0]["field"] == "[1]"
     (letter,) = await read_topic(rx_settings, topic_names(rx_settings).dlq)
     assert letter.value == body
-    assert (kafka.header(letter.headers, kafka.H_REASON) or "").startswith("too_large: [1]: ")
+    assert (envelope.header(letter.headers, envelope.H_REASON) or "").startswith("too_large: [1]: ")
 
 
 async def test_unknown_attributes_are_accepted_on_both_routes_counted_and_kept(
@@ -134,7 +135,8 @@ async def test_unknown_attributes_are_accepted_on_both_routes_counted_and_kept(
     assert (await post(http, receiver, "/v2/events", payment, BASIC))[0] == 202
     records = await read_topic(rx_settings, topic_names(rx_settings).ticketure)
     by_id = {
-        kafka.header(r.headers, kafka.H_ITEM_ID): RECORD_DECODER.decode(r.value) for r in records
+        envelope.header(r.headers, envelope.H_ITEM_ID): RECORD_DECODER.decode(r.value)
+        for r in records
     }
     ours_record, mp_record = by_id["e-ours"], by_id["e-mp"]
     assert isinstance(ours_record, TicketAudit)
@@ -184,7 +186,7 @@ async def test_id_less_twins_are_two_items_when_their_requests_carry_keys(
     headers = {**BASIC, "Idempotency-Key": "push-3"}
     assert (await post(http, receiver, "/v2/events", batch, headers))[0] == 202
     records = await read_topic(rx_settings, topic_names(rx_settings).ticketure)
-    ids = [kafka.header(r.headers, kafka.H_ITEM_ID) for r in records]
+    ids = [envelope.header(r.headers, envelope.H_ITEM_ID) for r in records]
     assert sorted(ids, key=str) == sorted(
         ["push-1", "push-1", "push-2", hashed, hashed, hashed, f"{hashed}#2", "push-3"]
     )

@@ -11,9 +11,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from streamproc.errors import DecodeError
-from streamproc.schemas import load_schema
-from streamproc.sources.ticketure import audit_shape
-from streamproc.sources.ticketure.records import (
+from streamproc.formats.ticketure import (
     ENCODER,
     GATEWAY_ACTIONS,
     TICKET_ACTIONS,
@@ -23,6 +21,8 @@ from streamproc.sources.ticketure.records import (
     TicketAttributes,
     TicketAudit,
 )
+from streamproc.schemas import load_schema
+from streamproc.sources.ticketure import audit_shape
 from tests.sources.ticketure.strategies import near_records, records
 
 

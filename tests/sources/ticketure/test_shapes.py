@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc.errors import DecodeError
-from streamproc.sources.ticketure import audit_shape, ids, mparticle_shape
-from streamproc.sources.ticketure.records import (
+from streamproc.formats.ticketure import (
     AuditRecord,
     GatewayAttributes,
     GatewayAudit,
     TicketAttributes,
     TicketAudit,
 )
+from streamproc.sources.ticketure import audit_shape, ids, mparticle_shape
 
 
 def ticket(**fields: Any) -> dict[str, Any]:

@@ -7,11 +7,11 @@ from typing import Literal
 
 import pytest
 
-from streamproc import kafka
 from streamproc.config import Settings
+from streamproc.formats import envelope
+from streamproc.formats.ticketure import RECORD_DECODER
 from streamproc.sim.ticketure import TicketureSim
 from streamproc.sources.ticketure.receiver import Receiver
-from streamproc.sources.ticketure.records import RECORD_DECODER
 from tests.sources.ticketure.conftest import HMAC_SECRET, KEY, SECRET, read_topic, topic_names
 
 pytestmark = pytest.mark.kafka
@@ -45,12 +45,12 @@ async def test_replayed_sim_runs_land_twice_under_the_same_item_ids(
     assert runs[0].acknowledged
     assert sorted(runs[0].acknowledged) == sorted(runs[1].acknowledged)
     records = await read_topic(rx_settings, topic_names(rx_settings).ticketure)
-    ids = Counter(kafka.header(r.headers, kafka.H_ITEM_ID) for r in records)
+    ids = Counter(envelope.header(r.headers, envelope.H_ITEM_ID) for r in records)
     assert set(ids) == set(runs[0].acknowledged)
     assert set(ids.values()) == {2}
     for record in records:
         decoded = RECORD_DECODER.decode(record.value)
-        assert decoded.event_id == kafka.header(record.headers, kafka.H_ITEM_ID)
+        assert decoded.event_id == envelope.header(record.headers, envelope.H_ITEM_ID)
         assert record.key == (decoded.order_key() or "").encode()
 
 
@@ -71,7 +71,7 @@ async def test_events_without_ids_get_stable_content_ids(
     assert stats.accepted == 20
     assert stats.duplicates == 20
     records = await read_topic(rx_settings, topic_names(rx_settings).ticketure)
-    ids = Counter(kafka.header(r.headers, kafka.H_ITEM_ID) for r in records)
+    ids = Counter(envelope.header(r.headers, envelope.H_ITEM_ID) for r in records)
     assert all(str(i).startswith("sha256:") for i in ids)
     assert sum(ids.values()) == 2 * stats.records
     assert all(count % 2 == 0 for count in ids.values())

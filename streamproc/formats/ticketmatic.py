@@ -157,3 +157,76 @@ def decode_item(raw: bytes) -> TmItem:
     if not item.type:
         raise DecodeError("type", "is empty")
     return item
+
+
+# Cursors: where each account's eventstream was read up to (the cursors topic's values).
+
+_POSITION = re.compile(r"^(\d{1,16})(?:-(\d{1,10}))?$", re.ASCII)
+
+
+class Cursor(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One account's position in its eventstream.
+
+    ``id``: the newest item written to Kafka (items at or below it are never written
+    again); ``next``: the ``nextid`` Ticketmatic gave with it, where the next request
+    starts; ``ts``: that item's time as Ticketmatic wrote it; ``known_ms``: the stream is
+    known to be read completely up to this epoch ms (the newest item, or the time of a poll
+    that found nothing more), which is what the 4 h retention is measured against;
+    ``updated_ms``: when this record was written.
+    """
+
+    id: str | None = None
+    next: str | None = None
+    ts: str | None = None
+    known_ms: int = 0
+    updated_ms: int = 0
+
+
+_CURSOR_ENCODER = msgspec.json.Encoder()
+_CURSOR_DECODER = msgspec.json.Decoder(Cursor)
+
+
+def encode_cursor(cursor: Cursor) -> bytes:
+    return _CURSOR_ENCODER.encode(cursor)
+
+
+def decode_cursor(value: bytes) -> Cursor:
+    """A cursor record's value; msgspec.DecodeError if it is not one."""
+    return _CURSOR_DECODER.decode(value)
+
+
+def position_key(item_id: str) -> tuple[int, int]:
+    """Order key of an id or ``nextid``: ``"1526985054069-3"`` -> ``(1526985054069, 3)``.
+
+    Lenient where :func:`parse_item_id` is strict: Ticketmatic answers ``"0"`` as the
+    ``nextid`` of an empty stream, so a bare number is ``(n, 0)``. ValueError otherwise.
+    """
+    match = _POSITION.match(item_id.strip())
+    if match is None:
+        raise ValueError(f"{peer_text(item_id, 40)!r} is not an eventstream id")
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def later(a: str | None, b: str | None) -> str | None:
+    """The later of two ids by (ms, seq); an id that does not parse loses."""
+    if a is None or b is None:
+        return a or b
+    try:
+        ka = position_key(a)
+    except ValueError:
+        return b
+    try:
+        kb = position_key(b)
+    except ValueError:
+        return a
+    return a if ka >= kb else b
+
+
+def newer(a: Cursor | None, b: Cursor) -> Cursor:
+    """The cursor further along (by ``id``, then ``known_ms``); ``b`` wins a tie."""
+    if a is None:
+        return b
+    winner = later(a.id, b.id)
+    if a.id != b.id:
+        return a if winner == a.id else b
+    return a if a.known_ms > b.known_ms else b
