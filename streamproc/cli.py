@@ -41,7 +41,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "poll Ticketmatic's eventstream into Kafka",
     ),
     ("receive",): ("streamproc.sources.ticketure.command", "receive Ticketure pushes into Kafka"),
-    ("map",): ("streamproc.mapping.command", "map and dedupe source items into mParticle batches"),
+    ("map",): ("streamproc.mapper.command", "map and dedupe source items into mParticle batches"),
     ("deliver",): (
         "streamproc.sinks.mparticle.command",
         "deliver batches to mParticle's Events API",

@@ -25,7 +25,7 @@ from streamproc.errors import ConfigError
 from streamproc.health import Health
 from streamproc.lag import LagMonitor
 from streamproc.lifecycle import stop_on_signals
-from streamproc.mapping.processor import MapProcessor
+from streamproc.mapper.processor import MapProcessor
 from streamproc.sinks.mparticle.deliverer import Deliverer
 from streamproc.sources.ticketmatic.command import check_accounts
 from streamproc.sources.ticketmatic.ownership import group_id as poll_group

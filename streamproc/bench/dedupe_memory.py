@@ -14,7 +14,8 @@ from array import array
 
 from streamproc.bench import Row
 from streamproc.config import Settings
-from streamproc.dedupe import DedupeState, item_hash
+from streamproc.mapper.dedupe import DedupeState
+from streamproc.mapping.identity import item_hash
 
 IDS = 1_000_000
 CHUNK = 500

@@ -7,7 +7,7 @@ their own consumer group, with the same records per poll:
 - the ceiling: the textbook aiokafka consume-transform-produce loop doing no work, one
   transactional producer, each polled record copied to ``mparticle.batches``, the offsets
   sent to the transaction, commit;
-- the map stage: one :class:`~streamproc.mapping.processor.MapProcessor`, as
+- the map stage: one :class:`~streamproc.mapper.processor.MapProcessor`, as
   ``streamproc map`` runs it;
 - the same with a mapping that does no work, on input of its own (a fresh consumer group
   and dedupe state): the cost of the loop itself, the rest being the mapping's.
@@ -37,9 +37,9 @@ from streamproc.formats.ticketure import (
     TicketAttributes,
     TicketAudit,
 )
-from streamproc.mapping.processor import MapProcessor
+from streamproc.mapper.processor import MapProcessor
+from streamproc.mapper.transaction import Mapper
 from streamproc.mapping.router import Mapped, MappingContext, map_record
-from streamproc.mapping.transaction import Mapper
 from streamproc.topics import Topics
 
 ITEMS = 40_000

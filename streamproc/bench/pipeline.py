@@ -37,9 +37,9 @@ from streamproc.config import (
 )
 from streamproc.formats.ticketure import ENCODER, TicketAttributes, TicketAudit
 from streamproc.mapping.ids import source_request_id
+from streamproc.sim.credentials import basic
 from streamproc.sim.mparticle import MParticleSim
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
-from streamproc.sources.ticketure.auth import basic_header
 
 RATE = 1000.0
 RUN_S = 15.0
@@ -171,7 +171,7 @@ async def bench(settings: Settings) -> list[Row]:
             await _until(lambda: localkafka.port_open(rx_port), 60)
             await asyncio.sleep(3)  # groups joined, first poll done
             acked: dict[str, float] = {}
-            failed = await _push(rx_port, basic_header("k", "s"), acked)
+            failed = await _push(rx_port, basic("k", "s"), acked)
             wanted = {source_request_id("ticketure", e): t for e, t in acked.items()}
             await _until(lambda: wanted.keys() <= mp.accepted_at.keys(), 60)
         finally:

@@ -30,8 +30,8 @@ from streamproc import localkafka
 from streamproc.bench import Row
 from streamproc.config import PushSender, ReceiverSettings, Secret, Settings
 from streamproc.formats.ticketure import ENCODER
+from streamproc.sim.credentials import basic
 from streamproc.sim.ticketure_flows import Flows
-from streamproc.sources.ticketure.auth import basic_header
 from streamproc.sources.ticketure.command import command
 from streamproc.sources.ticketure.receiver import ROUTE_EVENTS
 
@@ -70,7 +70,7 @@ def _requests(key: str, secret: str) -> list[bytes]:
     flows = Flows(seed=1)
     head = (
         f"POST {ROUTE_EVENTS} HTTP/1.1\r\nHost: bench\r\n"
-        f"Authorization: {basic_header(key, secret)}\r\nContent-Type: application/json\r\n"
+        f"Authorization: {basic(key, secret)}\r\nContent-Type: application/json\r\n"
     )
     out = []
     for step in itertools.islice(flows, BODIES):

@@ -1,7 +1,9 @@
-"""Mapping source items to mParticle batches, and the ``streamproc map`` stage around it.
+"""Mapping source items to mParticle batches: pure (no I/O, no clock, no Kafka).
 
-The mapping itself is pure (no I/O, no clock): ``router.map_record`` takes one source
-record and returns Mapped / Unknown / Unmappable; ``ticketmatic`` and ``ticketure`` hold
-the per-source rules, ``batch`` the output format (``schemas/mparticle/``), ``limits`` and
-``fit`` mParticle's limits, ``ids`` the deterministic ids, ``amounts`` the number rules.
+``record.plan`` takes one source record (headers and value) and says what becomes of it;
+``router.map_record`` maps it to Mapped / Unknown / Unmappable; ``ticketmatic`` and
+``ticketure`` hold the per-source rules, ``limits`` and ``fit`` mParticle's limits,
+``identity`` and ``ids`` the deterministic ids and the dedupe hash, ``amounts`` the number
+rules. The output format is :mod:`streamproc.formats.mparticle`. The ``streamproc map``
+stage that runs this on Kafka is :mod:`streamproc.mapper`.
 """

@@ -41,3 +41,9 @@ def item_id_of(source: str, value: bytes, header_id: str | None, account: str | 
     if own is not None and str(own):
         return str(own)
     return "sha256:" + hashlib.sha256(value).hexdigest()[:32]
+
+
+def item_hash(source: str, item_id: str) -> int:
+    """A 64-bit hash of ``(source, item_id)``, never 0 (0 marks an empty slot)."""
+    digest = hashlib.blake2b(f"{source}\x00{item_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1

@@ -15,11 +15,10 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from streamproc.dedupe import item_hash
 from streamproc.formats import envelope
 from streamproc.formats.envelope import Source
 from streamproc.mapping.common import UNDECODABLE
-from streamproc.mapping.identity import item_id_of
+from streamproc.mapping.identity import item_hash, item_id_of
 from streamproc.mapping.router import MapOutcome, Mapped, Unmappable
 
 # (source, value, item id, account) -> outcome; streamproc.mapping.router.map_record.

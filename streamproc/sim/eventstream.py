@@ -22,9 +22,9 @@ import orjson
 
 from streamproc.errors import DecodeError
 from streamproc.formats.ticketmatic import normalize_type, parse_ts, position_key
+from streamproc.sim.credentials import TM_MAX_AGE_S, tm_sign, tm_signed_at, tm_signed_fields
 from streamproc.sim.faults import FUTURE_MS, RUNAWAY_NEXTID, Mode, Outage, Script
 from streamproc.sim.webshop import WebshopSessions
-from streamproc.sources.ticketmatic import auth
 
 NextId = Literal["last", "after"]
 
@@ -141,18 +141,18 @@ def check_authorization(
         if holder is None or not hmac.compare_digest(password, holder.secret_key):
             return 401, "Unauthorized: wrong access key or secret key"
     else:
-        fields = auth.parse_hmac_header(header)
+        fields = tm_signed_fields(header)
         if fields is None:
             return 401, "Unauthorized: unknown authorization scheme"
         holder = by_key.get(fields["key"])
         if holder is None:
             return 401, "Unauthorized: unknown access key"
-        signed_at = auth.parse_sign_ts(fields["ts"])
+        signed_at = tm_signed_at(fields["ts"])
         if signed_at is None:
             return 401, "Unauthorized: ts is not YYYY-MM-DDTHH:MM:SS"
-        if abs(now_s - signed_at.timestamp()) > auth.MAX_SKEW_S:
+        if abs(now_s - signed_at.timestamp()) > TM_MAX_AGE_S:
             return 401, "Unauthorized: signature time is more than 30 minutes off"
-        expected = auth.signature(holder.access_key, holder.secret_key, account, fields["ts"])
+        expected = tm_sign(holder.access_key, holder.secret_key, account, fields["ts"])
         if not hmac.compare_digest(expected, fields["sign"]):
             return 401, "Unauthorized: signature mismatch"
     if holder.name != account:

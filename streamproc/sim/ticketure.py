@@ -37,9 +37,9 @@ from streamproc.formats.ticketure import (
     ENCODER,
 )
 from streamproc.lifecycle import cancel_and_wait, stop_on_signals
+from streamproc.sim.credentials import basic, push_signature
+from streamproc.sim.pushes import mparticle_batch
 from streamproc.sim.ticketure_flows import Flows, Step
-from streamproc.sources.ticketure.auth import basic_header, sign
-from streamproc.sources.ticketure.mparticle_shape import encode_batch
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,9 @@ class TicketureSim:
             step = [msgspec.structs.replace(r, event_id=None) for r in step]
         if self.shape == "records":
             return ENCODER.encode(step[0] if len(step) == 1 else step)
-        batch = encode_batch(step[0], environment=self.environment)
+        batch = mparticle_batch(step[0], environment=self.environment)
         for record in step[1:]:
-            batch["events"] += encode_batch(record)["events"]
+            batch["events"] += mparticle_batch(record)["events"]
         if self.with_ids:
             # Stable per push, so a retried push is recognisably the same request.
             batch["source_request_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, step[0].event_id or ""))
@@ -158,13 +158,13 @@ class TicketureSim:
     def headers(self, body: bytes) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if self.auth == "basic":
-            headers["Authorization"] = basic_header(self._key, self._secret)
+            headers["Authorization"] = basic(self._key, self._secret)
         elif self.auth == "hmac" and self.timestamp_header:
             now = int(time.time())
             headers[self.timestamp_header] = str(now)
-            headers[self.signature_header] = sign(self._secret, body, now)
+            headers[self.signature_header] = push_signature(self._secret, body, now)
         elif self.auth == "hmac":
-            headers[self.signature_header] = sign(self._secret, body)
+            headers[self.signature_header] = push_signature(self._secret, body)
         return headers
 
     async def run(self) -> SimStats:

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from streamproc.config import PushSender, Secret
 from streamproc.formats.ticketure import AuditRecord
-from streamproc.sources.ticketure.auth import basic_header, sign
-from streamproc.sources.ticketure.mparticle_shape import encode_batch
+from streamproc.sim.credentials import basic, push_signature
+from streamproc.sim.pushes import mparticle_batch
 from tests.sources.ticketure.strategies import JSON, SCALAR, mutate, paths, records
 
 ROUTES = ("/ticketure/events", "/v2/events", "/v2/bulkevents")
@@ -139,7 +139,7 @@ def document(draw: st.DrawFn, route: str, batch: list[AuditRecord]) -> Any:
     if route == "/ticketure/events":
         plain = [msgspec.to_builtins(r) for r in batch]
         return plain[0] if len(plain) == 1 and draw(st.booleans()) else plain
-    batches = [encode_batch(r, source_request_id=draw(_REQUEST_ID)) for r in batch]
+    batches = [mparticle_batch(r, source_request_id=draw(_REQUEST_ID)) for r in batch]
     if route == "/v2/events":
         merged = batches[0]
         for extra in batches[1:]:
@@ -200,16 +200,16 @@ def credentials(draw: st.DrawFn, body: bytes) -> tuple[dict[str, str], str | Non
     how = draw(_HOW)
     now = int(time.time())
     if how == "basic":
-        return {"Authorization": basic_header(KEY, SECRET)}, "basic"
+        return {"Authorization": basic(KEY, SECRET)}, "basic"
     if how == "hmac":
-        return {SIGNATURE: sign(HMAC_SECRET, body)}, "hmac"
+        return {SIGNATURE: push_signature(HMAC_SECRET, body)}, "hmac"
     if how == "window":
-        return {SIGNATURE: sign(WINDOW_SECRET, body, now), TIMESTAMP: str(now)}, "window"
+        return {SIGNATURE: push_signature(WINDOW_SECRET, body, now), TIMESTAMP: str(now)}, "window"
     if how == "stale":
         stamp = now - int(WINDOW_S) - 60
-        return {SIGNATURE: sign(WINDOW_SECRET, body, stamp), TIMESTAMP: str(stamp)}, None
+        return {SIGNATURE: push_signature(WINDOW_SECRET, body, stamp), TIMESTAMP: str(stamp)}, None
     if how == "wrong":
-        return {"Authorization": basic_header(KEY, draw(_HEADER_TEXT))}, None
+        return {"Authorization": basic(KEY, draw(_HEADER_TEXT))}, None
     if how == "none":
         return {}, None
     return {draw(_JUNK_HEADER): draw(_HEADER_TEXT)}, None

@@ -16,7 +16,7 @@ from streamproc import kafka, topics
 from streamproc.config import Settings
 from streamproc.dlq import H_ATTEMPT, H_REPLAY_OF
 from streamproc.formats import envelope
-from streamproc.mapping.processor import MapProcessor
+from streamproc.mapper.processor import MapProcessor
 from streamproc.mapping.router import MapOutcome, MappingContext, map_record
 from streamproc.topics import Topics
 from tests.mapping.hostile import in_data, nested

@@ -21,11 +21,11 @@ from prometheus_client import REGISTRY
 
 from streamproc import kafka, topics
 from streamproc.config import MappingSettings, Settings
-from streamproc.dedupe import parse_changelog_key
 from streamproc.formats import envelope
 from streamproc.formats.ticketmatic import format_ts
 from streamproc.formats.ticketure import ENCODER, TicketAttributes, TicketAudit
-from streamproc.mapping.processor import MapProcessor
+from streamproc.mapper.dedupe import parse_changelog_key
+from streamproc.mapper.processor import MapProcessor
 from streamproc.topics import Topics
 from tests.procs import wait_for
 

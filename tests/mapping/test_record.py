@@ -12,9 +12,9 @@ import pytest
 from aiokafka import TopicPartition
 
 from streamproc.formats import envelope
+from streamproc.mapper.transaction import INTERNAL_ERROR, Part, safe_plan
 from streamproc.mapping.record import MAX_KEY_BYTES, RawHeaders, plan
 from streamproc.mapping.router import MapOutcome, Mapped, Unmappable, map_record
-from streamproc.mapping.transaction import INTERNAL_ERROR, Part, safe_plan
 from tests.mapping.helpers import CTX
 from tests.mapping.hostile import in_data, nested, tm_item
 
@@ -115,7 +115,7 @@ def test_a_mapper_bug_is_an_internal_error_logged_once_without_content(
     def broken(source: str, value: bytes, item_id: str, account: str | None) -> MapOutcome:
         raise KeyError(value.decode())
 
-    with caplog.at_level(logging.INFO, logger="streamproc.mapping.transaction"):
+    with caplog.at_level(logging.INFO, logger="streamproc.mapper.transaction"):
         result = safe_plan(PART, record(b"secret-content", TM_HEADERS), broken)
     outcome = unmappable(result.outcome)
     assert (outcome.item_type, outcome.reason_code) == ("unknown", INTERNAL_ERROR)

@@ -13,8 +13,8 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamproc.dedupe import item_hash
 from streamproc.formats import envelope
+from streamproc.mapping.identity import item_hash
 from streamproc.mapping.record import MAX_KEY_BYTES, Plan, RawHeaders, plan
 from streamproc.mapping.router import Mapped, MappingContext, Unmappable, map_record
 from tests.mapping.helpers import CheckBatch

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from streamproc import topics
 from streamproc.config import Settings
 from streamproc.formats import envelope
-from streamproc.mapping.processor import MapProcessor
+from streamproc.mapper.processor import MapProcessor
 from streamproc.topics import Topics
 from tests.mapping.test_processor import (
     FAST,

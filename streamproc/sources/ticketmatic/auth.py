@@ -21,7 +21,6 @@ from streamproc.config import TicketmaticAccount
 
 SCHEME = "TM-HMAC-SHA256"
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S"
-MAX_SKEW_S = 30 * 60
 
 
 def signature(access_key: str, secret_key: str, account: str, ts: str) -> str:
@@ -54,30 +53,3 @@ def authorization(account: TicketmaticAccount, now: datetime | None = None) -> s
     if account.auth == "basic":
         return basic_header(account.access_key, secret)
     return hmac_header(account.access_key, secret, account.name, now or datetime.now(UTC))
-
-
-def parse_hmac_header(value: str) -> dict[str, str] | None:
-    """``{"key": ..., "ts": ..., "sign": ...}`` from a signed header, None if not one.
-
-    Used by the simulator to check what the poller sends.
-    """
-    scheme, _, rest = value.strip().partition(" ")
-    if scheme != SCHEME:
-        return None
-    fields: dict[str, str] = {}
-    for part in rest.split():
-        name, sep, val = part.partition("=")
-        if not sep:
-            return None
-        fields[name] = val
-    if not {"key", "ts", "sign"} <= fields.keys():
-        return None
-    return fields
-
-
-def parse_sign_ts(ts: str) -> datetime | None:
-    """The time of a signed header's ``ts`` (UTC), None if it is not that format."""
-    try:
-        return datetime.strptime(ts, TS_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        return None

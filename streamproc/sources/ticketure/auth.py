@@ -148,18 +148,3 @@ def _digest(secret: bytes, body: bytes, timestamp: str | None) -> str:
         mac.update(timestamp.encode("ascii") + b".")
     mac.update(body)
     return mac.hexdigest()
-
-
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The signature header value a sender with ``secret`` puts on ``body``.
-
-    With ``timestamp`` (Unix seconds, sent in the timestamp header) the signature covers
-    ``<timestamp>.<body>``, as senders with a replay window sign.
-    """
-    stamp = None if timestamp is None else str(timestamp)
-    return "sha256=" + _digest(_bytes(secret), body, stamp)
-
-
-def basic_header(key: str, secret: str) -> str:
-    """The ``Authorization`` header value for basic credentials."""
-    return "Basic " + base64.b64encode(_bytes(f"{key}:{secret}")).decode("ascii")

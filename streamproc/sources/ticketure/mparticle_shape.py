@@ -19,13 +19,12 @@ The event's time is its ``timestamp_unixtime_ms``, else the ``ticketure_occured_
 attribute, else the batch's ``timestamp_unixtime_ms``; an event without one is refused.
 Custom attributes our records have no field for (Ticketure may add some) are kept in
 ``unknown_attributes`` if they are JSON scalars, as mParticle's schema wants them.
-:func:`encode_batch` is the inverse, used by the push simulator.
+The push simulator builds such batches with code of its own (:mod:`streamproc.sim.pushes`).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -250,47 +249,3 @@ def _text(value: String) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def encode_batch(
-    record: AuditRecord,
-    *,
-    environment: str = "production",
-    source_request_id: str | None = None,
-) -> dict[str, Any]:
-    """The mParticle batch Ticketure's Push API would send for ``record`` (one event).
-
-    The record's ``event_id`` becomes the event's ``source_message_id``, its time the
-    event's ``timestamp_unixtime_ms``; attributes travel as custom attributes (known ones
-    with ``null`` left out, unknown ones as they are). A ``gateway_audit`` also fills
-    ``product_action`` (``transaction_id`` = cart id, ``total_amount`` as a number).
-    """
-    attrs = {k: v for k, v in msgspec.structs.asdict(record.attributes).items() if v is not None}
-    attrs.update(record.unknown_attributes or {})
-    data: dict[str, Any] = {
-        "timestamp_unixtime_ms": parse_occurred_at(record.occurred_at),
-        "custom_attributes": attrs,
-    }
-    if record.event_id is not None:
-        data["source_message_id"] = record.event_id
-    event: dict[str, Any]
-    if isinstance(record, TicketAudit):
-        data.update(event_name=record.action.capitalize(), custom_event_type="transaction")
-        event = {"event_type": "custom_event", "data": data}
-    else:
-        action: dict[str, Any] = {"action": record.action}
-        if record.attributes.cart_id is not None:
-            action["transaction_id"] = str(record.attributes.cart_id)
-        with contextlib.suppress(TypeError, ValueError):  # kept as a custom attribute anyway
-            action["total_amount"] = float(record.attributes.total_amount)  # type: ignore[arg-type]
-        data["product_action"] = action
-        event = {"event_type": "commerce_event", "data": data}
-    batch: dict[str, Any] = {"environment": environment, "events": [event]}
-    if source_request_id is not None:
-        batch["source_request_id"] = source_request_id
-    identities = {
-        k: v for k, v in (("email", record.email), ("mobile_number", record.mobile_number)) if v
-    }
-    if identities:
-        batch["user_identities"] = identities
-    return batch

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from streamproc.config import Secret, TicketmaticAccount
+from streamproc.sim import credentials
 from streamproc.sources.ticketmatic import auth
 
 
@@ -29,6 +30,8 @@ def test_signature_follows_the_reference_recipe(shared_reference: Path) -> None:
     assert sign == recipe("f3a1c0de", "s3cr3t", "demoaccount", ts)
     assert sign == sign.lower()
     assert len(sign) == 64
+    # The simulator's own check, written apart from the poller, agrees with the recipe.
+    assert credentials.tm_sign("f3a1c0de", "s3cr3t", "demoaccount", ts) == sign
 
 
 def test_signature_depends_on_every_signed_part() -> None:
@@ -48,10 +51,10 @@ def test_hmac_header_shape_and_utc_time() -> None:
         f"TM-HMAC-SHA256 key=ak ts=2024-05-01T09:30:05 "
         f"sign={recipe('ak', 'sk', 'acme', '2024-05-01T09:30:05')}"
     )
-    fields = auth.parse_hmac_header(header)
+    fields = credentials.tm_signed_fields(header)  # as the simulator reads it
     assert fields is not None
     assert fields["key"] == "ak"
-    assert auth.parse_sign_ts(fields["ts"]) == datetime(2024, 5, 1, 9, 30, 5, tzinfo=UTC)
+    assert credentials.tm_signed_at(fields["ts"]) == datetime(2024, 5, 1, 9, 30, 5, tzinfo=UTC)
 
 
 def test_basic_header_is_access_key_and_secret() -> None:
@@ -72,9 +75,10 @@ def test_authorization_picks_the_account_method() -> None:
     assert auth.authorization(basic, now) == auth.basic_header("ak", "sk")
 
 
-def test_parse_rejects_other_schemes_and_partial_headers() -> None:
-    """Headers that are not a complete signed header parse to None."""
-    assert auth.parse_hmac_header("Basic abc") is None
-    assert auth.parse_hmac_header("TM-HMAC-SHA256 key=ak ts=x") is None
-    assert auth.parse_hmac_header("TM-HMAC-SHA256 key=ak ts sign=y") is None
-    assert auth.parse_sign_ts("2024-05-01 09:30:00") is None
+def test_the_simulator_refuses_other_schemes_and_partial_headers() -> None:
+    """Headers that are not a complete signed header parse to None in the simulator."""
+    assert credentials.tm_signed_fields("Basic abc") is None
+    assert credentials.tm_signed_fields("TM-HMAC-SHA256 key=ak ts=x") is None
+    assert credentials.tm_signed_fields("TM-HMAC-SHA256 key=ak ts sign=y") is None
+    assert credentials.tm_signed_at("2024-05-01 09:30:00") is None
+    assert credentials.tm_signed_at("2024-05-01T9:30:00") is None

@@ -8,7 +8,8 @@ import pytest
 
 from streamproc.config import PushSender, Secret, load_settings
 from streamproc.errors import ConfigError
-from streamproc.sources.ticketure.auth import Authenticator, Verdict, basic_header, sign
+from streamproc.sim.credentials import basic, push_signature
+from streamproc.sources.ticketure.auth import Authenticator, Verdict
 from tests.sources.ticketure.conftest import HMAC_SECRET, KEY, SECRET, SENDERS
 
 HEADER = "X-Signature-SHA256"
@@ -20,7 +21,7 @@ def auth() -> Authenticator:
 
 def test_basic_credentials_name_the_sender() -> None:
     """The right key and secret identify the configured basic sender."""
-    headers = {"Authorization": basic_header(KEY, SECRET)}
+    headers = {"Authorization": basic(KEY, SECRET)}
     assert auth().method(headers) == "basic"
     assert auth().basic(headers) == "ticketure"
 
@@ -28,7 +29,7 @@ def test_basic_credentials_name_the_sender() -> None:
 def test_basic_wrong_secret_or_key_is_invalid() -> None:
     """A wrong secret or an unknown key is INVALID (403), not MISSING."""
     for key, secret in ((KEY, "nope"), ("other", SECRET), ("", "")):
-        assert auth().basic({"Authorization": basic_header(key, secret)}) is Verdict.INVALID
+        assert auth().basic({"Authorization": basic(key, secret)}) is Verdict.INVALID
 
 
 def test_no_or_unusable_credentials_are_missing() -> None:
@@ -52,7 +53,10 @@ def signed(headers: dict[str, str], body: bytes, now_s: float = 1_700_000_000) -
 def test_hmac_signature_of_the_body_names_the_sender() -> None:
     """A signature of the exact body under the shared secret identifies the hmac sender."""
     body = b'{"type": "ticket_audit"}'
-    for value in (sign(HMAC_SECRET, body), sign(HMAC_SECRET, body).upper().replace("SHA256=", "")):
+    for value in (
+        push_signature(HMAC_SECRET, body),
+        push_signature(HMAC_SECRET, body).upper().replace("SHA256=", ""),
+    ):
         headers = {HEADER: value}
         assert auth().method(headers) == "hmac"
         assert signed(headers, body) == "signed"
@@ -61,8 +65,8 @@ def test_hmac_signature_of_the_body_names_the_sender() -> None:
 def test_hmac_signature_of_another_body_or_secret_is_invalid() -> None:
     """A signature of a changed body, or under another secret, is INVALID."""
     body = b'{"a": 1}'
-    assert signed({HEADER: sign(HMAC_SECRET, b'{"a": 2}')}, body) is Verdict.INVALID
-    assert signed({HEADER: sign("other", body)}, body) is Verdict.INVALID
+    assert signed({HEADER: push_signature(HMAC_SECRET, b'{"a": 2}')}, body) is Verdict.INVALID
+    assert signed({HEADER: push_signature("other", body)}, body) is Verdict.INVALID
     assert signed({HEADER: "sha256=\u00e9\ud800"}, body) is Verdict.INVALID
 
 
@@ -80,11 +84,11 @@ def test_replay_protection_checks_a_signed_time_within_the_window() -> None:
     within the window; without a time it is MISSING, outside it or re-signed INVALID."""
     windowed = Authenticator(WINDOWED, HEADER, "X-Time")
     body, now = b"{}", 1_700_000_000
-    good = {HEADER: sign("ws", body, now - 299), "X-Time": str(now - 299)}
+    good = {HEADER: push_signature("ws", body, now - 299), "X-Time": str(now - 299)}
     assert windowed.signed(good, body, windowed.hmac_candidates(good, now)) == "w"  # type: ignore[arg-type]
     assert windowed.hmac_candidates(good, now + 2) is Verdict.INVALID  # replayed too late
-    assert windowed.hmac_candidates({HEADER: sign("ws", body)}, now) is Verdict.MISSING
-    unsigned_time = {HEADER: sign("ws", body), "X-Time": str(now)}
+    assert windowed.hmac_candidates({HEADER: push_signature("ws", body)}, now) is Verdict.MISSING
+    unsigned_time = {HEADER: push_signature("ws", body), "X-Time": str(now)}
     candidates = windowed.hmac_candidates(unsigned_time, now)
     assert windowed.signed(unsigned_time, body, candidates) is Verdict.INVALID  # type: ignore[arg-type]
     moved = {HEADER: good[HEADER], "X-Time": str(now)}  # the time changed, not re-signed
@@ -100,16 +104,16 @@ def test_replay_protection_is_per_sender() -> None:
     """A sender without a window still signs the body alone next to one with a window."""
     both = Authenticator([*WINDOWED, *SENDERS], HEADER, "X-Time")
     body = b"{}"
-    plain = {HEADER: sign(HMAC_SECRET, body)}
+    plain = {HEADER: push_signature(HMAC_SECRET, body)}
     assert both.signed(plain, body, both.hmac_candidates(plain, 0)) == "signed"  # type: ignore[arg-type]
 
 
 def test_a_method_without_senders_is_not_offered() -> None:
     """Basic credentials are MISSING when only hmac senders exist (and the reverse)."""
     only_hmac = Authenticator([PushSender(name="h", auth="hmac", secret=Secret("s"))], HEADER)
-    assert only_hmac.method({"Authorization": basic_header("k", "s")}) is Verdict.MISSING
+    assert only_hmac.method({"Authorization": basic("k", "s")}) is Verdict.MISSING
     only_basic = Authenticator([PushSender(name="b", key="k", secret=Secret("s"))], HEADER)
-    assert only_basic.method({HEADER: sign("s", b"")}) is Verdict.MISSING
+    assert only_basic.method({HEADER: push_signature("s", b"")}) is Verdict.MISSING
 
 
 def test_repr_holds_no_secret() -> None:

@@ -14,8 +14,8 @@ from streamproc import localkafka
 from streamproc.config import KafkaSettings, Settings
 from streamproc.formats import envelope
 from streamproc.formats.ticketure import RECORD_DECODER, TicketAudit
+from streamproc.sim.credentials import basic, push_signature
 from streamproc.sources.ticketure.audit_shape import Accepted
-from streamproc.sources.ticketure.auth import basic_header, sign
 from streamproc.sources.ticketure.receiver import Receiver
 from streamproc.sources.ticketure.writer import RecordTooLarge
 from tests.sources.ticketure.conftest import (
@@ -30,11 +30,14 @@ from tests.sources.ticketure.test_shapes import mp_batch, mp_payment, mp_ticket,
 
 pytestmark = pytest.mark.kafka
 
-BASIC = {"Authorization": basic_header(KEY, SECRET), "Content-Type": "application/json"}
+BASIC = {"Authorization": basic(KEY, SECRET), "Content-Type": "application/json"}
 
 
 def signed(body: bytes) -> dict[str, str]:
-    return {"X-Signature-SHA256": sign(HMAC_SECRET, body), "Content-Type": "application/json"}
+    return {
+        "X-Signature-SHA256": push_signature(HMAC_SECRET, body),
+        "Content-Type": "application/json",
+    }
 
 
 def metric(series: str, /, **labels: str) -> float:
@@ -134,11 +137,17 @@ async def chunks(total: int) -> AsyncIterator[bytes]:
         (
             "/v2/events",
             orjson.dumps(mp_batch()),
-            {"Authorization": basic_header(KEY, "wrong")},
+            {"Authorization": basic(KEY, "wrong")},
             403,
             None,
         ),
-        ("/ticketure/events", b"{}", {"X-Signature-SHA256": sign("wrong", b"{}")}, 403, None),
+        (
+            "/ticketure/events",
+            b"{}",
+            {"X-Signature-SHA256": push_signature("wrong", b"{}")},
+            403,
+            None,
+        ),
         ("/ticketure/events", b" " * (64 * 1024), BASIC, 400, "body"),  # at the limit
         ("/ticketure/events", b" " * (64 * 1024 + 1), BASIC, 413, "body"),
         ("/ticketure/events", "chunked", BASIC, 413, "body"),

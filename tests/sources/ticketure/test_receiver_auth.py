@@ -15,8 +15,8 @@ import pytest_asyncio
 
 from streamproc.config import PushSender, Secret, Settings
 from streamproc.formats import envelope
+from streamproc.sim.credentials import basic, push_signature
 from streamproc.sim.ticketure import TicketureSim
-from streamproc.sources.ticketure.auth import basic_header, sign
 from streamproc.sources.ticketure.receiver import Receiver
 from tests.sources.ticketure.conftest import (
     HMAC_SECRET,
@@ -52,7 +52,7 @@ async def guarded(kafka_settings: Settings) -> AsyncIterator[Receiver]:
 @pytest.mark.parametrize(
     ("headers", "status"),
     [
-        ({"Authorization": basic_header(KEY, "wrong"), **JSON}, 403),
+        ({"Authorization": basic(KEY, "wrong"), **JSON}, 403),
         ({"Authorization": "Basic !!!", **JSON}, 401),
         ({"X-Signature-SHA256": "sha256=not-hex", **JSON}, 403),
         ({"X-Signature-SHA256": "a" * 63, **JSON}, 403),
@@ -79,7 +79,7 @@ async def test_unauthenticated_body_reads_are_capped(guarded: Receiver) -> None:
     """With 2 signed bodies being read, a third is answered 429 with Retry-After at once;
     once they are gone, a signed push is taken."""
     body = orjson.dumps(ticket(event_id="after-the-cap"))
-    signature = {"X-Signature-SHA256": sign(HMAC_SECRET, body), **JSON}
+    signature = {"X-Signature-SHA256": push_signature(HMAC_SECRET, body), **JSON}
     before = metric("streamproc_items_rejected_total", source="ticketure", reason="busy")
     holders = [await Conn.open(guarded.port) for _ in range(2)]
     try:
@@ -105,7 +105,7 @@ async def test_unauthenticated_body_reads_are_capped(guarded: Receiver) -> None:
 def timestamped(body: bytes, secret: str, at: float) -> dict[str, str]:
     stamp = int(at)
     return {
-        "X-Signature-SHA256": sign(secret, body, stamp),
+        "X-Signature-SHA256": push_signature(secret, body, stamp),
         "X-Signature-Timestamp": str(stamp),
         **JSON,
     }
@@ -123,10 +123,10 @@ async def test_replay_protection_on_refuses_stale_or_unstamped_pushes(
         (timestamped(body, WINDOW_SECRET, now), 202),  # replayed within the window
         (timestamped(body, WINDOW_SECRET, now - 120), 403),  # replayed after it
         (timestamped(body, WINDOW_SECRET, now + 120), 403),  # well past it, load or not
-        ({"X-Signature-SHA256": sign(WINDOW_SECRET, body), **JSON}, 403),  # no time
+        ({"X-Signature-SHA256": push_signature(WINDOW_SECRET, body), **JSON}, 403),  # no time
         (
             {
-                "X-Signature-SHA256": sign(WINDOW_SECRET, body),
+                "X-Signature-SHA256": push_signature(WINDOW_SECRET, body),
                 "X-Signature-Timestamp": str(int(now)),
                 **JSON,
             },
@@ -145,7 +145,7 @@ async def test_replay_protection_off_takes_the_body_signature_alone(guarded: Rec
     """A sender without replay_window_s (the default) signs the body alone, with or without
     a timestamp header, and may be replayed at any time."""
     body = orjson.dumps(ticket())
-    plain = {"X-Signature-SHA256": sign(HMAC_SECRET, body), **JSON}
+    plain = {"X-Signature-SHA256": push_signature(HMAC_SECRET, body), **JSON}
     with_stamp = {**plain, "X-Signature-Timestamp": "12"}
     async with aiohttp.ClientSession() as http:
         for headers in (plain, with_stamp, plain):

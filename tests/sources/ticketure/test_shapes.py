@@ -18,6 +18,7 @@ from streamproc.formats.ticketure import (
     TicketAttributes,
     TicketAudit,
 )
+from streamproc.sim.pushes import mparticle_batch
 from streamproc.sources.ticketure import audit_shape, ids, mparticle_shape
 
 
@@ -424,7 +425,7 @@ def test_encode_batch_round_trips() -> None:
         ),
     ]
     for record in records:
-        body = orjson.dumps(mparticle_shape.encode_batch(record, source_request_id="r"))
+        body = orjson.dumps(mparticle_batch(record, source_request_id="r"))
         (accepted,) = mparticle_shape.decode(body, bulk=False).accepted
         assert accepted.record == record
 

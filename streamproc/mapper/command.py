@@ -12,7 +12,7 @@ fails while the others are mapped (``streamproc_map_partition_waiting_seconds``,
 MapPartitionNotSetUp). A partition whose transactions keep failing for
 ``--retry-timeout`` seconds ends the process with exit code 1, for the orchestrator to
 restart it with fresh clients. No input record can: one it cannot handle is dead-lettered
-with its reason (see :mod:`streamproc.mapping.transaction`).
+with its reason (see :mod:`streamproc.mapper.transaction`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from streamproc.config import Settings
 from streamproc.health import Health
 from streamproc.lag import LagMonitor
 from streamproc.lifecycle import stop_on_signals
-from streamproc.mapping.processor import MapProcessor
+from streamproc.mapper.processor import MapProcessor
 from streamproc.startup import serving
 from streamproc.topics import Topics
 

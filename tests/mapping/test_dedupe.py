@@ -5,14 +5,14 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproc.dedupe import (
+from streamproc.mapper.dedupe import (
     DedupeState,
     changelog_key,
     decode_ids,
     encode_ids,
-    item_hash,
     parse_changelog_key,
 )
+from streamproc.mapping.identity import item_hash
 
 HOUR = 3_600_000
 WINDOW = 4 * HOUR

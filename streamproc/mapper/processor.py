@@ -3,7 +3,7 @@
 A consumer group (``<prefix>streamproc-map``) reads ``ticketmatic.eventstream`` and
 ``ticketure.audit`` (``read_committed``, no auto-commit). Every input partition this
 process owns gets its own transactional producer, ``transactional_id =
-<prefix>streamproc-map-<topic>-<partition>``, and its own :class:`~streamproc.dedupe.
+<prefix>streamproc-map-<topic>-<partition>``, and its own :class:`~streamproc.mapper.dedupe.
 DedupeState`. What was polled for a partition is processed in one transaction on that
 partition's producer: the batches (``mparticle.batches``), the dead letters, the dedupe
 changelog records and the consumed offsets (``send_offsets_to_transaction``) commit or
@@ -56,14 +56,14 @@ from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from streamproc import kafka, metrics, topics
 from streamproc.backoff import Backoff
 from streamproc.config import Settings
-from streamproc.dedupe import DedupeState, restore
 from streamproc.errors import ConfigError
 from streamproc.formats.envelope import Source
 from streamproc.health import Health
 from streamproc.lifecycle import Service, cancel_and_wait
-from streamproc.mapping.output import PartitionCache, producer_abort
+from streamproc.mapper.dedupe import DedupeState, restore
+from streamproc.mapper.output import PartitionCache, producer_abort
+from streamproc.mapper.transaction import Hook, Mapper, Part, Transactor
 from streamproc.mapping.router import MappingContext, map_record
-from streamproc.mapping.transaction import Hook, Mapper, Part, Transactor
 from streamproc.topics import Topics
 
 log = logging.getLogger(__name__)

@@ -30,9 +30,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from streamproc import dlq, metrics
-from streamproc.dedupe import Changes, DedupeState, changelog_key, encode_ids
 from streamproc.dlq import DeadLetter
-from streamproc.mapping.output import BatchOutput, PartitionCache
+from streamproc.mapper.dedupe import Changes, DedupeState, changelog_key, encode_ids
+from streamproc.mapper.output import BatchOutput, PartitionCache
 from streamproc.mapping.record import Mapper, Plan, plan
 from streamproc.mapping.router import Mapped, Unknown, Unmappable
 from streamproc.topics import Topics

@@ -32,7 +32,6 @@ tombstones (``None``) so compaction removes them. :func:`restore` reads it back.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import struct
 import sys
@@ -50,12 +49,6 @@ _MAX_LOAD = 0.6  # rebuild once this share of slots is used (linear probing slow
 _REBUILT_LOAD = 0.45  # a rebuilt table is at most this full
 _TIME = struct.Struct("<q")
 _BIG_ENDIAN = sys.byteorder == "big"
-
-
-def item_hash(source: str, item_id: str) -> int:
-    """A 64-bit hash of ``(source, item_id)``, never 0 (0 marks an empty slot)."""
-    digest = hashlib.blake2b(f"{source}\x00{item_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") or 1
 
 
 @dataclass
