@@ -352,11 +352,28 @@ def main(argv: list[str] | None = None) -> None:
         print(resolve_jars())
 
 
-def transactions(bootstrap: str, tool_args: list[str]) -> int:
-    """Run Kafka's ``kafka-transactions.sh`` against ``bootstrap``; its exit code."""
+def _transactions_command(bootstrap: str, tool_args: list[str]) -> list[str]:
     classpath = str(resolve_jars() / "*")
     command = [_java(), "-cp", classpath, "org.apache.kafka.tools.TransactionsCommand"]
-    return subprocess.call([*command, "--bootstrap-server", bootstrap, *tool_args])
+    return [*command, "--bootstrap-server", bootstrap, *tool_args]
+
+
+def transactions(bootstrap: str, tool_args: list[str]) -> int:
+    """Run Kafka's ``kafka-transactions.sh`` against ``bootstrap``; its exit code."""
+    return subprocess.call(_transactions_command(bootstrap, tool_args))
+
+
+def run_transactions(
+    bootstrap: str, tool_args: list[str], timeout_s: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """The same, its output captured (for tools that read the tables it prints)."""
+    return subprocess.run(
+        _transactions_command(bootstrap, tool_args),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,19 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 # mParticle's documented limits: event and attribute names 256 characters (longer is
-# truncated by mParticle), attribute values 4096, 100 attributes per event, 128 KB a batch
-# (read as 128,000 bytes, the stricter reading).
+# truncated by mParticle), attribute values 4096, 100 attributes per event, a batch at most
+# 128 KB, a request at most 256 KB, at most 100 batches per bulk request. "KB" can be read
+# two ways, so each side takes the safe one: the batches streamproc writes keep to 128,000
+# bytes (MAX_BATCH_BYTES), while what mParticle takes is read as 128 KiB and 256 KiB (the
+# simulator refuses only past those, and deliver dead-letters only what mParticle would
+# surely refuse).
 MAX_NAME = 256
 MAX_VALUE = 4096
 MAX_ATTRIBUTES = 100
 MAX_BATCH_BYTES = 128_000
+MAX_BULK_BATCHES = 100
+ACCEPTED_BATCH_BYTES = 128 * 1024
+ACCEPTED_REQUEST_BYTES = 256 * 1024
 
 UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
@@ -172,7 +179,6 @@ def decode(raw: bytes) -> Batch:
 # has them. An event's ``data`` is decoded by event type, only for the two types Ticketure
 # sends (custom_event, commerce_event).
 
-MAX_BULK_BATCHES = 100
 
 # mParticle's "String" definition: any JSON scalar.
 String = str | bool | int | float | None

@@ -51,6 +51,11 @@ import orjson
 from aiohttp import web
 
 from streamproc.config import Settings
+from streamproc.formats.mparticle import (
+    ACCEPTED_BATCH_BYTES,
+    ACCEPTED_REQUEST_BYTES,
+    MAX_BULK_BATCHES,
+)
 from streamproc.lifecycle import Service, stop_on_signals
 from streamproc.sim.mparticle_control import (
     Arrival,
@@ -69,9 +74,6 @@ from streamproc.sim.mparticle_schema import (
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 256 * 1024
-MAX_BATCH_BYTES = 128 * 1024
-MAX_BATCHES = 100
 H_PERCENT_USED = "X-mp-rate-limit-percentage-used"
 H_LIMIT_EXCEEDED = "X-mp-rate-limit-exceeded"
 MAX_ERRORS = 20
@@ -114,9 +116,9 @@ class MParticleSim(Service):
         schema: dict[str, Any] | None = None,
         rate_limit_batches_per_s: float | None = 270.0,
         retry_after_s: float | None = 1.0,
-        max_request_bytes: int = MAX_REQUEST_BYTES,
-        max_batch_bytes: int = MAX_BATCH_BYTES,
-        max_batches: int = MAX_BATCHES,
+        max_request_bytes: int = ACCEPTED_REQUEST_BYTES,
+        max_batch_bytes: int = ACCEPTED_BATCH_BYTES,
+        max_batches: int = MAX_BULK_BATCHES,
         max_stored: int = 100_000,
         max_requests: int = 100_000,
         latency_s: float = 0.0,

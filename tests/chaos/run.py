@@ -22,6 +22,7 @@ from tests.chaos.children import strays
 from tests.chaos.faults import FaultLog, FaultRunner
 from tests.chaos.inputs import StreamReader, feed_ticketmatic, read_ids
 from tests.chaos.ledger import BatchReader, Ledger, mparticle_stats
+from tests.chaos.operator import Operator
 from tests.chaos.options import Options
 from tests.chaos.stack import Stack
 from tests.chaos.verdict import Verdict
@@ -118,8 +119,10 @@ async def run(options: Options, workdir: Path, token: str) -> Verdict:
                 options.pushes, options.pushes / (0.7 * seconds), seconds, options.drain_limit_s
             )
             watch = Watch(stack, pushes)
+            operator = Operator(stack, http)
             background = [
                 asyncio.create_task(runner.watch()),
+                asyncio.create_task(operator.watch(t0)),
                 asyncio.create_task(_progress(watch, http, runner.log, t0)),
             ]
             try:
@@ -169,6 +172,7 @@ async def run(options: Options, workdir: Path, token: str) -> Verdict:
         kills=dict(runner.log.kills),
         broker_restarts=[vars(r) for r in runner.log.broker],
         crashes=[vars(c) for c in runner.log.crashes],
+        runbook_aborts=[vars(r) for r in operator.remedies],
         drained=drained_at is not None,
         drain_s=None if drained_at is None else max(0.0, drained_at - last_fault),
         drain_limit_s=options.drain_limit_s,

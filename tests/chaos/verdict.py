@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import orjson
 
@@ -42,6 +43,7 @@ class Verdict:
     kills: dict[str, int]
     broker_restarts: list[dict[str, object]]
     crashes: list[dict[str, object]]
+    runbook_aborts: list[dict[str, Any]]  # hanging transactions aborted: StuckTransaction fired
     drained: bool
     drain_s: float | None  # from the end of the last fault until every item was stored
     drain_limit_s: float
@@ -120,6 +122,11 @@ class Verdict:
             ),
             ("broker restarts", f"{len(self.broker_restarts)}: {restarts}"),
             ("crashes (exits of its own)", str(len(self.crashes))),
+            (
+                "hanging transactions aborted (runbook)",
+                str(sum(len(r["aborted"]) for r in self.runbook_aborts))
+                + "".join(f" at {r['at_s']:.0f} s" for r in self.runbook_aborts),
+            ),
             (
                 "drain after the last fault",
                 f"{self.drain_s:.1f} s"

@@ -8,8 +8,8 @@ from aiokafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamproc.formats.mparticle import ACCEPTED_BATCH_BYTES
 from streamproc.sinks.mparticle.batcher import (
-    MAX_BATCH_BYTES,
     Batch,
     Batcher,
     PartitionBatchers,
@@ -65,7 +65,7 @@ def test_body_is_the_record_bytes_joined() -> None:
 def test_reject_reasons() -> None:
     """Empty, over 128 KiB, or not a JSON object: refused before sending."""
     assert reject_reason(None) == "empty_value"
-    assert reject_reason(b"{" + b" " * MAX_BATCH_BYTES + b"}") == "batch_too_large"
+    assert reject_reason(b"{" + b" " * ACCEPTED_BATCH_BYTES + b"}") == "batch_too_large"
     assert reject_reason(b"[1]") == "not_json_object"
     assert reject_reason(b'{"a":1}') is None
 
@@ -83,7 +83,7 @@ def test_age_and_flush() -> None:
     assert batcher.age() == 0.0
 
 
-@given(st.lists(st.integers(min_value=1, max_value=MAX_BATCH_BYTES), max_size=300))
+@given(st.lists(st.integers(min_value=1, max_value=ACCEPTED_BATCH_BYTES), max_size=300))
 def test_requests_keep_order_and_limits(sizes: list[int]) -> None:
     """Every batch lands in exactly one request, in order, each request within the limits."""
     batcher = Batcher()

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Protocol
 
+from streamproc.formats.mparticle import (
+    ACCEPTED_BATCH_BYTES,
+    ACCEPTED_REQUEST_BYTES,
+    MAX_BULK_BATCHES,
+)
 from streamproc.sinks.mparticle.offsets import Positioned
 
-MAX_BATCHES = 100
-MAX_REQUEST_BYTES = 256 * 1024
-MAX_BATCH_BYTES = 128 * 1024
 _VALUE: Callable[[Any], bytes] = attrgetter("value")
 
 
@@ -53,7 +55,7 @@ def where(batch: Batch) -> str:
     return f"{batch.topic}/{batch.partition}@{batch.offset}"
 
 
-def reject_reason(value: bytes | None, max_batch_bytes: int = MAX_BATCH_BYTES) -> str | None:
+def reject_reason(value: bytes | None, max_batch_bytes: int = ACCEPTED_BATCH_BYTES) -> str | None:
     """Why a record cannot be posted at all (a DLQ reason code), or None if it can.
 
     Only cheap checks: a value that is not a JSON object would break the array it is
@@ -89,8 +91,8 @@ class Batcher:
 
     def __init__(
         self,
-        max_batches: int = MAX_BATCHES,
-        max_bytes: int = MAX_REQUEST_BYTES,
+        max_batches: int = MAX_BULK_BATCHES,
+        max_bytes: int = ACCEPTED_REQUEST_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batches < 1:
@@ -182,8 +184,8 @@ class PartitionBatchers:
 
     def __init__(
         self,
-        max_batches: int = MAX_BATCHES,
-        max_bytes: int = MAX_REQUEST_BYTES,
+        max_batches: int = MAX_BULK_BATCHES,
+        max_bytes: int = ACCEPTED_REQUEST_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_batches = max_batches

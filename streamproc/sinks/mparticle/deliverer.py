@@ -47,12 +47,11 @@ from streamproc.backoff import Backoff
 from streamproc.config import Settings
 from streamproc.dlq import DeadLetter
 from streamproc.formats import envelope
+from streamproc.formats.mparticle import ACCEPTED_BATCH_BYTES, MAX_BULK_BATCHES
 from streamproc.health import Health
 from streamproc.lifecycle import Service, cancel_and_wait
 from streamproc.redact import mask_url
 from streamproc.sinks.mparticle.batcher import (
-    MAX_BATCH_BYTES,
-    MAX_BATCHES,
     Batch,
     PartitionBatchers,
     reject_reason,
@@ -279,7 +278,7 @@ class Deliverer(Service):
             return 0
         rejected: list[tuple[Batch, str]] = []
         full: list[list[Batch]] = []
-        limit = MAX_BATCH_BYTES
+        limit = ACCEPTED_BATCH_BYTES
         # No await in this loop: a rebalance cannot clear the state half-way through.
         for tp, records in data.items():
             self._tracker.fetched_all(tp, records)
@@ -499,7 +498,7 @@ class Deliverer(Service):
         # A request of at most one second of the share: mParticle counts batches per
         # second, and a larger request would land as a burst over it.
         burst = int(self.limiter.max_rate * self.limiter.burst_s)
-        self._batchers.max_batches = max(1, min(MAX_BATCHES, burst))
+        self._batchers.max_batches = max(1, min(MAX_BULK_BATCHES, burst))
         if assigned:
             log.info(
                 "rate limit: %d of %d partitions, %.1f of the feed's %.0f batches/s; "

@@ -58,7 +58,7 @@ from streamproc.topics import Topics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MAX_BATCH_BYTES = 512 * 1024
+KAFKA_BATCH_BYTES = 512 * 1024  # the producer's record batches (max_batch_size)
 LOG_REPEAT_S = 60.0  # a failure that goes on is logged again this often
 
 _OUTCOMES: dict[type[StreamprocError], str] = {
@@ -190,7 +190,7 @@ class AccountPoller:
                 transactional_id=transactional_id(self.settings, self.account.name),
                 # A page is up to ~1.5 MB: big batches send it in a request or two
                 # instead of one 16 KB batch per partition per round trip.
-                max_batch_size=MAX_BATCH_BYTES,
+                max_batch_size=KAFKA_BATCH_BYTES,
             )
             delay = 0.0
             try:
