@@ -33,7 +33,7 @@ lint: install ## ruff and mypy --strict
 	$(BIN)/mypy
 
 test: lint $(PROMTOOL) ## lint, then all of pytest against a broker of its own (Kafka jars via Maven)
-	$(BIN)/python -m streamproc.localkafka jars
+	$(BIN)/python -m tests.localkafka jars
 	PROMTOOL=$(PROMTOOL) PROMTOOL_REQUIRED=1 $(BIN)/pytest
 
 promtool: $(PROMTOOL) ## print the promtool the tests use (PATH, else unpacked into .cache/)
@@ -51,28 +51,28 @@ $(PROMTOOL_CACHED):
 	test -x $@ && touch $@
 
 bench: install kafka-up ## run every benchmark against the local broker, print one table
-	$(BIN)/python -m streamproc.bench
+	$(BIN)/python -m tests.bench
 
 fuzz: install kafka-up ## 100,000 generated pushes against streamproc receive, 100,000 records through streamproc map
 	$(BIN)/python -m tests.fuzz
 
 run: install ## the whole pipeline locally: broker, simulators, every role, live progress
-	$(BIN)/python -m streamproc.devrun
+	$(BIN)/python -m tests.devrun
 
 observe: install $(PROMTOOL) ## make run plus a real Prometheus with deploy/'s alert rules (http://127.0.0.1:9090)
-	PROMETHEUS=$(or $(shell command -v prometheus),$(dir $(PROMTOOL))prometheus) $(BIN)/python -m streamproc.devrun
+	PROMETHEUS=$(or $(shell command -v prometheus),$(dir $(PROMTOOL))prometheus) $(BIN)/python -m tests.devrun
 
 # Options as variables: CHAOS_SEED, CHAOS_ITEMS, CHAOS_SECONDS, CHAOS_DRAIN_LIMIT,
 # CHAOS_BROKER_RESTARTS, CHAOS_OUTAGE_SECONDS, CHAOS_KILL_EVERY, CHAOS_PARTITIONS, CHAOS_LOG_DIR.
 chaos: install ## every role killed, the broker restarted, mParticle down: what was lost (CHAOS_SEED...)
-	$(BIN)/python -m streamproc.localkafka jars >/dev/null
+	$(BIN)/python -m tests.localkafka jars >/dev/null
 	$(BIN)/python -m tests.chaos
 
 kafka-up: install ## start the local Kafka broker on KAFKA_PORT (default 9092) if not up
-	$(BIN)/python -m streamproc.localkafka up --port $(KAFKA_PORT)
+	$(BIN)/python -m tests.localkafka up --port $(KAFKA_PORT)
 
 kafka-down: ## stop the local Kafka broker
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m streamproc.localkafka down --port $(KAFKA_PORT); fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tests.localkafka down --port $(KAFKA_PORT); fi
 
 clean: kafka-down ## stop the broker, remove the venv, caches and broker data
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis

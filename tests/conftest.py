@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from streamproc import localkafka, topics
+from streamproc import topics
 from streamproc.config import KafkaSettings, Settings, TopicSettings
+from tests import localkafka
 from tests.promtool import Promtool, find_promtool
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

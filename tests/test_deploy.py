@@ -21,7 +21,8 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-from streamproc import cli, config, devrun, metrics
+from streamproc import cli, config, metrics
+from tests import devrun
 from tests.promtool import Promtool
 
 ROOT = Path(__file__).resolve().parents[1]

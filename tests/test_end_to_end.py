@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamproc import kafka, localkafka, topics
+from streamproc import kafka, topics
 from streamproc.config import (
     MParticleSettings,
     PushSender,
@@ -29,6 +29,7 @@ from streamproc.sim.mparticle_schema import load_batch_schema
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sim.ticketure import TicketureSim
 from streamproc.topics import Topics
+from tests import localkafka
 from tests.procs import Proc, settings_env, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

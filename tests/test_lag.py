@@ -10,10 +10,11 @@ import msgspec
 import pytest
 from aiokafka import TopicPartition
 
-from streamproc import kafka, localkafka, metrics
+from streamproc import kafka, metrics
 from streamproc.config import Settings
 from streamproc.lag import LagMonitor
 from streamproc.topics import Topics, ensure
+from tests import localkafka
 from tests.procs import wait_for
 from tests.transactions import open_transaction
 

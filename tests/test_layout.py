@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,3 +47,29 @@ def test_a_broken_rule_is_reported(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "formats without errors BROKEN" in done.stdout
     assert "streamproc.formats.ticketmatic -> streamproc.errors" in done.stdout
+
+
+def test_the_wheel_holds_the_product_and_no_dev_tooling(tmp_path: Path) -> None:
+    """What `pip install` gets: the roles, formats, simulators and schemas; the benchmarks,
+    the local broker and the `make run` driver stay in the repository (tests/)."""
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = tmp_path.glob("streamproc-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for shipped in (
+        "streamproc/cli.py",
+        "streamproc/formats/mparticle.py",
+        "streamproc/mapper/processor.py",
+        "streamproc/sim/credentials.py",
+        "streamproc/_schemas/mparticle/batch.schema.json",
+    ):
+        assert shipped in names, sorted(names)
+    dev = [n for n in names if any(t in n for t in ("bench/", "devrun", "localkafka", "tests/"))]
+    assert dev == []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamproc import localkafka
+from tests import localkafka
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -13,8 +13,8 @@ import msgspec
 import pytest
 
 from streamproc.config import Settings
-from streamproc.localkafka import free_port
 from streamproc.topics import ensure
+from tests.localkafka import free_port
 from tests.procs import Proc, settings_env, wait_for
 
 pytestmark = pytest.mark.kafka

@@ -13,7 +13,7 @@ the time bucket (window / ``buckets``) of the item. A bucket expires as a whole:
 is marked dead, and dead slots are reclaimed when the table is rebuilt (when it is 60 %
 full, or when more than half of its slots are dead). After a rebuild the table is at most
 45 % full, so a remembered id costs 9 bytes a slot times 1.7 to 4.4 slots: 15 to 40 bytes
-(see ``python -m streamproc.bench dedupe_memory``). Lookups and inserts are O(1).
+(see ``python -m tests.bench dedupe_memory``). Lookups and inserts are O(1).
 
 False positives: two different ids with the same 64-bit hash make the second one look
 like a duplicate (it would be dropped). Hashes are blake2b, so with ``n`` ids remembered

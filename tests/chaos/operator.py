@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamproc import localkafka
+from tests import localkafka
 from tests.chaos.stack import Stack
 
 STUCK = "streamproc_consumer_stuck_transaction_seconds"

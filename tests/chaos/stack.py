@@ -1,6 +1,6 @@
 """Everything a chaos run starts: the broker, the simulators, the pusher and the roles.
 
-The broker is the local Kafka of ``streamproc.localkafka`` on a free port with its data in
+The broker is the local Kafka of ``tests.localkafka`` on a free port with its data in
 the run's folder; stopping it is a signal to its pid, starting it again the same ``up`` on
 the same port and data. The roles are separate ``streamproc`` processes configured through
 ``STREAMPROC_*`` variables, as Kubernetes would run them, each with a metrics port of its
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import aiohttp
 
-from streamproc import localkafka
 from streamproc.config import KafkaSettings, Settings, TopicSettings
+from tests import localkafka
 from tests.chaos.children import MARKER, Child
 from tests.chaos.options import Options
 from tests.chaos.schedule import ROLES

@@ -28,10 +28,11 @@ from pathlib import Path
 import hypothesis
 from hypothesis import HealthCheck, Phase, given, seed
 
-from streamproc import localkafka, topics
-from streamproc.bench.__main__ import drop_topics
+from streamproc import topics
 from streamproc.config import KafkaSettings, ReceiverSettings, Settings
 from streamproc.formats import envelope
+from tests import localkafka
+from tests.bench.__main__ import drop_topics
 from tests.fuzz import mapping
 from tests.fuzz.client import Client
 from tests.fuzz.ledger import Ledger

@@ -35,13 +35,14 @@ from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamproc import kafka, localkafka, topics
-from streamproc.bench.__main__ import drop_topics
+from streamproc import kafka, topics
 from streamproc.config import KafkaSettings, MappingSettings, Settings, TopicSettings
 from streamproc.formats import envelope
 from streamproc.mapping.record import Plan, RawHeaders, plan
 from streamproc.mapping.router import Mapped, MappingContext, Unmappable, map_record
 from streamproc.schemas import load_schema
+from tests import localkafka
+from tests.bench.__main__ import drop_topics
 from tests.mapping.test_properties import json_values
 from tests.mapping.test_record_properties import (
     bad_utf8,

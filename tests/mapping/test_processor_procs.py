@@ -11,8 +11,8 @@ from aiokafka import TopicPartition
 
 from streamproc import kafka, topics
 from streamproc.config import Settings
-from streamproc.localkafka import free_port
 from streamproc.topics import Topics
+from tests.localkafka import free_port
 from tests.mapping.test_processor import (
     assert_order_per_key,
     item_ids,

@@ -319,7 +319,7 @@ def test_confirmed_orders_add_up(shared_reference: Path) -> None:
 
 async def test_cli_command_serves_until_sigterm(tmp_path: Path) -> None:
     """`streamproc sim ticketmatic` serves a backlog, misbehaves as told, exits 0 on SIGTERM."""
-    from streamproc.localkafka import free_port
+    from tests.localkafka import free_port
 
     port = free_port()
     proc = Proc(

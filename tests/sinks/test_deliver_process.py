@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from streamproc.config import Settings
-from streamproc.localkafka import free_port
 from streamproc.sim.mparticle import MParticleSim
 from streamproc.sim.mparticle_control import Control
+from tests.localkafka import free_port
 from tests.procs import Proc, scraped, settings_env, wait_for
 from tests.sinks.support import (
     API_KEY,

@@ -18,9 +18,9 @@ from streamproc.errors import (
     TransportError,
 )
 from streamproc.formats.ticketmatic import position_key
-from streamproc.localkafka import free_port
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sources.ticketmatic.client import EventstreamClient
+from tests.localkafka import free_port
 
 SIM_ACME = SimAccount("acme", "ak-acme", "sk-acme")
 

@@ -12,10 +12,10 @@ from aiokafka.admin import NewTopic
 
 from streamproc import kafka
 from streamproc.config import Settings
-from streamproc.localkafka import free_port
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sources.ticketmatic.cursor import cursor_partition
 from streamproc.topics import Topics, ensure
+from tests.localkafka import free_port
 from tests.procs import Proc, settings_env, wait_for
 from tests.sources.ticketmatic.support import (
     TopicReader,

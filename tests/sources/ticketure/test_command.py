@@ -11,10 +11,10 @@ import aiohttp
 import msgspec
 import pytest
 
-from streamproc import localkafka
 from streamproc.config import Settings
 from streamproc.formats import envelope
 from streamproc.sim.ticketure import TicketureSim
+from tests import localkafka
 from tests.procs import Proc, settings_env, wait_for
 from tests.sources.ticketure.conftest import KEY, SECRET, read_topic, topic_names
 

@@ -19,12 +19,13 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 
-from streamproc import localkafka, topics
+from streamproc import topics
 from streamproc.config import KafkaSettings, ReceiverSettings, Settings
 from streamproc.formats import envelope
 from streamproc.formats.ticketure import RECORD_DECODER
 from streamproc.sources.ticketure import ids
 from streamproc.sources.ticketure.receiver import Receiver
+from tests import localkafka
 from tests.fuzz.client import Client
 from tests.fuzz.ledger import Ledger
 from tests.fuzz.requests import SENDERS, Request, requests

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from streamproc import localkafka, topics
+from streamproc import topics
 from streamproc.config import KafkaSettings, Settings, TopicSettings
 from streamproc.formats import envelope
 from streamproc.sim.ticketure import TicketureSim
 from streamproc.sources.ticketure.receiver import Receiver
+from tests import localkafka
 from tests.procs import wait_for
 from tests.sources.ticketure.conftest import KEY, SECRET, read_topic, receiver_settings
 

@@ -10,7 +10,6 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from streamproc import localkafka
 from streamproc.config import KafkaSettings, Settings
 from streamproc.formats import envelope
 from streamproc.formats.ticketure import RECORD_DECODER, TicketAudit
@@ -18,6 +17,7 @@ from streamproc.sim.credentials import basic, push_signature
 from streamproc.sources.ticketure.audit_shape import Accepted
 from streamproc.sources.ticketure.receiver import Receiver
 from streamproc.sources.ticketure.writer import RecordTooLarge
+from tests import localkafka
 from tests.sources.ticketure.conftest import (
     HMAC_SECRET,
     KEY,

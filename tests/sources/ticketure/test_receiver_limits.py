@@ -17,10 +17,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from streamproc import localkafka
 from streamproc.config import Settings
 from streamproc.sources.ticketure import connections
 from streamproc.sources.ticketure.receiver import Receiver
+from tests import localkafka
 from tests.procs import settings_env, wait_for
 from tests.sources.ticketure.conftest import receiver_settings
 from tests.sources.ticketure.rawhttp import Conn, head

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from streamproc import kafka
-from streamproc.bench import Row
 from streamproc.config import Settings
 from streamproc.topics import Topics
+from tests.bench import Row
 
 RECORDS = 50_000
 VALUE = b"x" * 600  # about the size of a Ticketmatic item

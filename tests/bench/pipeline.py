@@ -23,8 +23,6 @@ from typing import Any
 
 import aiohttp
 
-from streamproc import localkafka
-from streamproc.bench import Row
 from streamproc.config import (
     MParticleSettings,
     PushSender,
@@ -40,6 +38,8 @@ from streamproc.mapping.ids import source_request_id
 from streamproc.sim.credentials import basic
 from streamproc.sim.mparticle import MParticleSim
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
+from tests import localkafka
+from tests.bench import Row
 
 RATE = 1000.0
 RUN_S = 15.0

@@ -27,7 +27,6 @@ import msgspec
 import orjson
 
 from streamproc import kafka, topics
-from streamproc.bench import Row
 from streamproc.config import Settings
 from streamproc.formats import envelope
 from streamproc.formats.ticketure import (
@@ -41,6 +40,7 @@ from streamproc.mapper.processor import MapProcessor
 from streamproc.mapper.transaction import Mapper
 from streamproc.mapping.router import Mapped, MappingContext, map_record
 from streamproc.topics import Topics
+from tests.bench import Row
 
 ITEMS = 40_000
 ROUNDS = 2

@@ -12,10 +12,10 @@ import time
 import tracemalloc
 from array import array
 
-from streamproc.bench import Row
 from streamproc.config import Settings
 from streamproc.mapper.dedupe import DedupeState
 from streamproc.mapping.identity import item_hash
+from tests.bench import Row
 
 IDS = 1_000_000
 CHUNK = 500

@@ -1,4 +1,4 @@
-"""``python -m streamproc.bench [NAME...]``: run the benchmarks, print one table."""
+"""``python -m tests.bench [NAME...]``: run the benchmarks, print one table."""
 
 from __future__ import annotations
 
@@ -14,18 +14,18 @@ from collections.abc import Awaitable, Callable
 from aiokafka.errors import KafkaError
 
 from streamproc import cli, kafka, topics
-from streamproc.bench import Row
 from streamproc.config import KafkaSettings, Settings, TopicSettings
+from tests.bench import Row
 
 # name -> module exporting `async def bench(settings) -> list[Row]`
 BENCHMARKS = {
-    "kafka": "streamproc.bench.kafka_baseline",
-    "ticketmatic": "streamproc.bench.ticketmatic",
-    "receiver": "streamproc.bench.receiver",
-    "mapper": "streamproc.bench.mapper",
-    "dedupe_memory": "streamproc.bench.dedupe_memory",
-    "deliver": "streamproc.bench.deliver",
-    "pipeline": "streamproc.bench.pipeline",
+    "kafka": "tests.bench.kafka_baseline",
+    "ticketmatic": "tests.bench.ticketmatic",
+    "receiver": "tests.bench.receiver",
+    "mapper": "tests.bench.mapper",
+    "dedupe_memory": "tests.bench.dedupe_memory",
+    "deliver": "tests.bench.deliver",
+    "pipeline": "tests.bench.pipeline",
 }
 
 
@@ -79,7 +79,7 @@ async def drop_topics(settings: Settings) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m streamproc.bench")
+    parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"of {', '.join(BENCHMARKS)}")
     port = os.environ.get("KAFKA_PORT", "9092")
     parser.add_argument("--bootstrap", default=f"127.0.0.1:{port}")

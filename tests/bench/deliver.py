@@ -31,11 +31,11 @@ import aiohttp
 import orjson
 
 from streamproc import kafka
-from streamproc.bench import Row
 from streamproc.config import Settings
 from streamproc.formats import envelope
-from streamproc.localkafka import free_port
 from streamproc.topics import Topics
+from tests.bench import Row
+from tests.localkafka import free_port
 
 BATCHES = 100_000
 ROUNDS = 7
@@ -236,7 +236,7 @@ async def bench(settings: Settings) -> list[Row]:
     ceilings: list[float] = []
     rounds: list[DeliverRound] = []
     try:
-        assert sim.stdout is not None  # noqa: S101 -- asked for above
+        assert sim.stdout is not None
         await asyncio.wait_for(sim.stdout.readline(), 30)
         async with aiohttp.ClientSession() as http:
             for round_ in range(ROUNDS + 1):  # the first pair warms up

@@ -26,14 +26,14 @@ import secrets
 import aiohttp
 import msgspec
 
-from streamproc import localkafka
-from streamproc.bench import Row
 from streamproc.config import PushSender, ReceiverSettings, Secret, Settings
 from streamproc.formats.ticketure import ENCODER
 from streamproc.sim.credentials import basic
 from streamproc.sim.ticketure_flows import Flows
 from streamproc.sources.ticketure.command import command
 from streamproc.sources.ticketure.receiver import ROUTE_EVENTS
+from tests import localkafka
+from tests.bench import Row
 
 WARMUP_S = 2.0
 RUN_S = 10.0

@@ -30,8 +30,9 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamproc import localkafka, topics
+from streamproc import topics
 from streamproc.config import load_settings
+from tests import localkafka
 
 PREFIX = "local."
 ACCOUNT = ("demo", "demo-access-key", "demo-secret-key")

@@ -5,9 +5,9 @@ into a git-ignored cache (``.cache/`` beside the package, or ``STREAMPROC_CACHE_
 and run with the machine's Java 17. One node is broker and controller at once; internal
 topics have replication factor and min ISR 1, so transactions and compacted topics work.
 
-    python -m streamproc.localkafka up [--port 9092]    # idempotent, waits until it answers
-    python -m streamproc.localkafka down [--port 9092]
-    python -m streamproc.localkafka transactions [--port 9092] -- find-hanging --broker-id 1
+    python -m tests.localkafka up [--port 9092]    # idempotent, waits until it answers
+    python -m tests.localkafka down [--port 9092]
+    python -m tests.localkafka transactions [--port 9092] -- find-hanging --broker-id 1
 
 ``transactions`` is Kafka's own ``kafka-transactions.sh`` (``TransactionsCommand`` of the
 ``kafka-tools`` jar, fetched with the broker's): it lists, describes and aborts the open
@@ -330,7 +330,7 @@ def _reap(pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m streamproc.localkafka",
+        prog="python -m tests.localkafka",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -17,11 +17,11 @@ from asyncio.subprocess import Process
 
 import aiohttp
 
-from streamproc.bench import Row
 from streamproc.config import Secret, Settings, TicketmaticAccount, TicketmaticSettings
-from streamproc.localkafka import free_port
 from streamproc.sources.ticketmatic.client import EventstreamClient
 from streamproc.sources.ticketmatic.poller import AccountPoller
+from tests.bench import Row
+from tests.localkafka import free_port
 
 BACKLOG = 100_000
 PAGE = 1_000
