@@ -31,17 +31,17 @@ tombstones (``None``) so compaction removes them. :func:`restore` reads it back.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import struct
 import sys
-import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+
+from streamproc.changelog import read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -341,36 +341,19 @@ async def restore(
     kept: dict[tuple[str, int], dict[tuple[int, int], bytes]] = {
         (source, p): {} for p, sources in wanted.items() for source in sources
     }
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    targets: dict[TopicPartition, int] = {}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        batch = await consumer.getmany(*tps, timeout_ms=200)
-        for tp, records in batch.items():
-            for record in records:
-                parsed = parse_changelog_key(record.key)
-                store = kept.get((parsed[0], tp.partition)) if parsed else None
-                if parsed is None or store is None:
-                    continue  # the other source's, or not ours
-                if record.value is None:
-                    store.pop((parsed[1], parsed[2]), None)
-                else:
-                    store[(parsed[1], parsed[2])] = record.value
-        for tp in tps:
-            highwater = consumer.highwater(tp)
-            if tp not in targets and highwater is not None:
-                targets[tp] = highwater
-        if len(targets) == len(tps) and all(
-            [await consumer.position(tp) >= targets[tp] for tp in tps]
-        ):
-            break
-        if time.monotonic() > deadline:
-            raise KafkaTimeoutError(
-                f"restoring {topic}: end not reached in {timeout_s:g} s"
-                + await _held_back(consumer, tps, targets)
-            )
-        await asyncio.sleep(0)
+
+    def take(tp: TopicPartition, record: Any) -> None:
+        parsed = parse_changelog_key(record.key)
+        store = kept.get((parsed[0], tp.partition)) if parsed else None
+        if parsed is None or store is None:
+            return  # the other source's, or not ours
+        if record.value is None:
+            store.pop((parsed[1], parsed[2]), None)
+        else:
+            store[(parsed[1], parsed[2])] = record.value
+
+    # Never given up on: a state read short would forget ids, and deliver them twice.
+    await read_to_end(consumer, tps, take, timeout_s=timeout_s)
     states: dict[tuple[str, int], DedupeState] = {}
     for (source, partition), store in kept.items():
         state = states[(source, partition)] = make_state()
@@ -385,23 +368,3 @@ async def restore(
 
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
-
-
-async def _held_back(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], targets: dict[TopicPartition, int]
-) -> str:
-    """Why a restore stopped short, where an open transaction is the reason: the reader
-    stands at the last stable offset while the high watermark lies beyond it."""
-    held = []
-    for tp in tps:
-        stable, target = consumer.last_stable_offset(tp), targets.get(tp)
-        if stable is None or target is None or stable >= target:
-            continue
-        if await consumer.position(tp) >= stable:
-            held.append(f"{tp.topic}[{tp.partition}] at {stable} of {target}")
-    if not held:
-        return ""
-    return (
-        f" (held by an open transaction: last stable offset {', '.join(held)}; see the "
-        "runbook, StuckTransaction)"
-    )

@@ -14,14 +14,13 @@ committed cursor of this account behind the last stable offset.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 
 import msgspec
 from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 
-from streamproc import kafka
+from streamproc import changelog, kafka
 from streamproc.config import Settings
 from streamproc.formats.ticketmatic import Cursor, decode_cursor, newer
 
@@ -44,58 +43,27 @@ async def restore(
 
     Call it only after this replica's transactional producers for the accounts it cares
     about are initialised: that fences older owners and settles their open transactions,
-    so nothing committed later can be missed. The topic is read to the high watermark
-    taken at the start, which waits for other accounts' transactions in flight (they end
-    within the transaction timeout). A partition still short of it after ``settle_s``
-    (default: the transaction timeout and 5 s) is pinned by a transaction the broker is
-    not settling (a hanging transaction, see the runbook's StuckTransaction): it is read
-    to its last stable offset instead, with a warning, because an older cursor only makes
-    the poller fetch some items again (dedupe drops them), while waiting would let the
-    retention run out. Raises TimeoutError if even that is not read within ``timeout_s``.
+    so nothing committed later can be missed. The topic is read to its end as
+    :func:`streamproc.changelog.read_to_end` does; a partition still held after
+    ``settle_s`` (default: the transaction timeout and 5 s) by a transaction the broker is
+    not settling is read to its last stable offset instead, with a warning, because an
+    older cursor only makes the poller fetch some items again (dedupe drops them), while
+    waiting would let the retention run out. Raises KafkaTimeoutError if even that is not
+    read within ``timeout_s``.
     """
-    start = time.monotonic()
     settle = settings.kafka.transaction_timeout_ms / 1000 + 5 if settle_s is None else settle_s
-    deadline = start + timeout_s
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-    probe = kafka.consumer(settings.kafka, isolation_level="read_uncommitted", group_id=None)
-    await probe.start()
-    try:
-        high = await probe.end_offsets(tps)
-    finally:
-        await probe.stop()
     cursors: dict[str, Cursor] = {}
-    wanted = {tp: end for tp, end in high.items() if end > 0}
-    if not wanted:
-        return cursors
     reader = kafka.consumer(settings.kafka, group_id=None)
     await reader.start()
     try:
-        reader.assign(list(wanted))
-        await reader.seek_to_beginning(*wanted)
-        while True:
-            pending = [tp for tp, end in wanted.items() if await reader.position(tp) < end]
-            if not pending:
-                break
-            if time.monotonic() - start > settle:
-                stable = await reader.end_offsets(pending)  # read_committed: the LSO
-                if all([await reader.position(tp) >= stable[tp] for tp in pending]):
-                    for tp in pending:
-                        log.warning(
-                            "cursor partition %s is pinned at offset %d below its high "
-                            "watermark %d for more than %.0f s: a hanging transaction? (see "
-                            "the runbook, StuckTransaction); restored what is readable",
-                            tp,
-                            stable[tp],
-                            wanted[tp],
-                            settle,
-                        )
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"cursor topic {topic} not read to its end in {timeout_s} s")
-            batch = await reader.getmany(*pending, timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    _take(cursors, record.key, record.value)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        await changelog.read_to_end(
+            reader,
+            tps,
+            lambda _tp, record: _take(cursors, record.key, record.value),
+            timeout_s=timeout_s,
+            settle_s=settle,
+        )
     finally:
         await reader.stop()
     return cursors
