@@ -77,8 +77,8 @@ class Ledger:
 
     def _problems(self, request: Request, status: int, answer: bytes) -> list[str]:
         if self.kafka_down:
-            # A batch without events writes nothing, so a 202 for it acknowledges nothing.
-            allowed = KAFKA_DOWN_STATUSES | ({202} if _no_events(request) else set())
+            # A body with no record writes nothing, so a 202 for it acknowledges nothing.
+            allowed = KAFKA_DOWN_STATUSES | ({202} if _writes_nothing(request) else set())
         else:
             allowed = SENDER_STATUSES if request.sender is not None else STRANGER_STATUSES
         problems = []
@@ -118,12 +118,13 @@ def _describe(request: Request) -> str:
     return f"{request.route}, {len(request.body)} bytes {request.body[:120]!r}, headers {headers}"
 
 
-def _no_events(request: Request) -> bool:
-    """True for an mParticle-shaped batch that holds no event (nothing to write)."""
-    if request.route != "/v2/events":
+def _writes_nothing(request: Request) -> bool:
+    """True for a body the receiver's decoder takes whole with no record in it (a batch
+    without events, or only events that are not Ticketure's): a 202 for it keeps nothing."""
+    if request.sender is None:
         return False
+    key = request.headers.get(IDEMPOTENCY, "").strip() or None
     try:
-        batch = orjson.loads(request.body)
-    except orjson.JSONDecodeError:
+        return not DECODERS[request.route](request.body, key).accepted
+    except DecodeError:
         return False
-    return isinstance(batch, dict) and not batch.get("events")

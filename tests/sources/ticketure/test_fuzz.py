@@ -172,3 +172,11 @@ def test_the_ledger_flags_what_the_receiver_must_not_do() -> None:
     assert ok.check(sender, 400, b'{"errors": [{"code": "X", "field": "f", "message": "m"}]}') == []
     assert ok.missing([], []) == (1, 1)
     assert ok.missing([item_id], [body]) == (0, 0)
+    # With Kafka down, a 202 is allowed only for a body that holds no record to keep.
+    down = Ledger(kafka_down=True)
+    auth = {"Content-Type": "application/json"}
+    empty = Request("/v2/bulkevents", b'[{"environment":"production"}]', auth, "basic")
+    full = Request("/ticketure/events", body, auth, "basic")
+    assert down.check(empty, 202, b"") == []
+    assert down.check(full, 202, answer) != []
+    assert down.check(empty._replace(sender=None), 202, b"") != []
