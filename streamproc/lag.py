@@ -41,6 +41,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -53,11 +54,26 @@ from streamproc.lifecycle import Service, cancel_and_wait
 log = logging.getLogger(__name__)
 
 
+class Watch(NamedTuple):
+    """What a role's lag monitor samples: its group's lag on ``topics`` and stuck
+    transactions on the ``changelogs`` its members restore at start-up."""
+
+    group: str
+    topics: Sequence[str]
+    changelogs: Sequence[str] = ()
+
+
 class LagMonitor(Service):
     """Samples one consumer group's lag and headroom into the ``streamproc_consumer_*`` gauges.
 
     ``start()``/``stop()`` are idempotent; ``sample()`` takes one reading now (tests use it).
     """
+
+    @classmethod
+    def of(cls, settings: Settings, watch: Watch, interval_s: float) -> LagMonitor:
+        return cls(
+            settings, watch.group, list(watch.topics), interval_s, changelogs=watch.changelogs
+        )
 
     def __init__(
         self,

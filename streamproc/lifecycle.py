@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterable
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+
+F = TypeVar("F", bound="asyncio.Future[Any]")
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
@@ -34,14 +36,20 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def wait_any(stop: asyncio.Event, *tasks: asyncio.Task[object]) -> None:
-    """Wait until ``stop`` is set or any task ends; re-raise a task's failure."""
+async def until(stop: asyncio.Event, *tasks: F, seconds: float | None = None) -> set[F]:
+    """Wait until ``stop`` is set, one of ``tasks`` ends or ``seconds`` pass.
+
+    The one way every role waits. Returns the tasks that have ended (empty: stopped or
+    timed out); their failures are the caller's to read. Cancelling the caller does not
+    cancel the tasks.
+    """
     waiter = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    for task in done:
-        if task is not waiter and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+    waiting: set[asyncio.Future[Any]] = {waiter, *tasks}
+    try:
+        done, _ = await asyncio.wait(waiting, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return {task for task in tasks if task in done}
 
 
 class Service:

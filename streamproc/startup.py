@@ -23,6 +23,7 @@ from streamproc.backoff import Backoff
 from streamproc.config import KafkaSettings, Settings
 from streamproc.errors import Unavailable
 from streamproc.health import Health, HealthServer
+from streamproc.lifecycle import until
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,7 @@ async def wait_for_kafka(
                 f"Kafka at {settings.bootstrap_servers} did not answer within {limit:.0f} s "
                 "(kafka.startup_timeout_s)"
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), backoff.next())
+        await until(stop, seconds=backoff.next())
     return False
 
 

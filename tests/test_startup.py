@@ -177,3 +177,20 @@ async def test_sigterm_while_waiting_exits_0(
     finally:
         if proc.alive():
             proc.kill()
+
+
+def test_poll_without_its_topics_exits_2_naming_the_cursors_topic(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Topics never ensured: `poll` says which topic is missing and what to run, exit 2."""
+    settings = make_settings(metrics_host="127.0.0.1", metrics_port=free_port())
+    proc = Proc(["poll"], settings_env(settings, **role_env()["poll"]), tmp_path / "poll.log")
+    try:
+        code = proc.popen.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert code == 2
+    logged = proc.output()
+    assert f"topic {settings.topic_prefix}ticketmatic.cursors" in logged
+    assert "streamproc topics ensure" in logged
+    assert "Traceback" not in logged

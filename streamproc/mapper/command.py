@@ -18,19 +18,11 @@ with its reason (see :mod:`streamproc.mapper.transaction`).
 from __future__ import annotations
 
 import argparse
-import logging
-
-from aiokafka.errors import KafkaError
 
 from streamproc.config import Settings
 from streamproc.health import Health
-from streamproc.lag import LagMonitor
-from streamproc.lifecycle import stop_on_signals
 from streamproc.mapper.processor import MapProcessor
-from streamproc.startup import serving
-from streamproc.topics import Topics
-
-log = logging.getLogger(__name__)
+from streamproc.roles import serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def command(settings: Settings, args: argparse.Namespace) -> int:
-    stop = stop_on_signals()
     health = Health()
     processor = MapProcessor(
         settings,
@@ -72,21 +63,4 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         retry_timeout_s=args.retry_timeout,
         restore_timeout_s=args.restore_timeout,
     )
-    names = Topics.for_prefix(settings.topic_prefix)
-    monitor = LagMonitor(
-        settings,
-        processor.group_id,
-        [names.ticketmatic, names.ticketure],
-        args.lag_interval,
-        changelogs=[names.dedupe],
-    )
-    async with serving(settings, health, stop) as up:
-        if not up:
-            return 0
-        try:
-            async with monitor, processor:
-                await processor.run(stop)
-        except (TimeoutError, KafkaError, OSError):
-            log.exception("map: giving up")
-            return 1
-    return 0
+    return await serve(settings, health, [processor], lag_interval_s=args.lag_interval)

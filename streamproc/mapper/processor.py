@@ -59,6 +59,7 @@ from streamproc.config import Settings
 from streamproc.errors import ConfigError
 from streamproc.formats.envelope import Source
 from streamproc.health import Health
+from streamproc.lag import Watch
 from streamproc.lifecycle import Service, cancel_and_wait
 from streamproc.mapper.dedupe import DedupeState, restore
 from streamproc.mapper.output import PartitionCache, producer_abort
@@ -72,7 +73,7 @@ COMPONENT = "map"
 
 
 class MapProcessor(Service):
-    """``streamproc map`` as a component: ``async with`` it, then ``await run(stop)``.
+    """``streamproc map``'s role: ``await run(stop)`` (or ``async with`` it and ``work(stop)``).
 
     Durations are parameters so tests run without sleeping. ``before_commit`` is awaited
     just before each commit (tests hold a transaction open with it).
@@ -99,8 +100,6 @@ class MapProcessor(Service):
     ) -> None:
         self.settings = settings
         self.topics = Topics.for_prefix(settings.topic_prefix)
-        # Input topic -> the source its items come from (the dedupe size is per source).
-        self._sources = {self.topics.ticketmatic: "ticketmatic", self.topics.ticketure: "ticketure"}
         self.group_id = f"{settings.topic_prefix}streamproc-map"
         self.health = health or Health()
         if mapper is None:
@@ -117,6 +116,7 @@ class MapProcessor(Service):
         self._retry_timeout_s = retry_timeout_s
         self._txn_timeout_s = settings.kafka.transaction_timeout_ms / 1000
         self._consumer_options = dict(consumer_options or {})
+        # Input topic -> the source its items come from (the dedupe size is per source).
         self._sources = {
             self.topics.ticketmatic: Source.TICKETMATIC,
             self.topics.ticketure: Source.TICKETURE,
@@ -174,11 +174,23 @@ class MapProcessor(Service):
             metrics.DEDUPE_SIZE.labels(source).set(0)
         self.health.set(COMPONENT, False, "stopped")
 
+    name = "map"
+
+    def watches(self) -> list[Watch]:
+        """The group's lag on both sources; stuck transactions on the dedupe changelog."""
+        sources = [self.topics.ticketmatic, self.topics.ticketure]
+        return [Watch(self.group_id, sources, changelogs=[self.topics.dedupe])]
+
     async def run(self, stop: asyncio.Event) -> None:
+        """The role: start, :meth:`work` until ``stop`` is set, stop within the bound."""
+        async with self:
+            await self.work(stop)
+
+    async def work(self, stop: asyncio.Event) -> None:
         """Poll and dispatch until ``stop`` is set; raise what made a partition give up."""
         consumer = self._consumer
         if consumer is None:
-            raise RuntimeError("MapProcessor.run() before start()")
+            raise RuntimeError("MapProcessor.work() before start()")
         while not stop.is_set():
             if self._fatal is not None:
                 raise self._fatal

@@ -36,7 +36,7 @@ from streamproc.errors import parse_retry_after
 from streamproc.formats.ticketure import (
     ENCODER,
 )
-from streamproc.lifecycle import cancel_and_wait, stop_on_signals
+from streamproc.lifecycle import cancel_and_wait, stop_on_signals, until
 from streamproc.sim.credentials import basic, push_signature
 from streamproc.sim.pushes import mparticle_batch
 from streamproc.sim.ticketure_flows import Flows, Step
@@ -298,10 +298,8 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
     )
     stop = stop_on_signals()
     runner = asyncio.create_task(sim.run())
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await until(stop, runner)
     sim.stop()
-    stopper.cancel()
     stats = await runner
     print(f"sim ticketure: {stats.summary()}", flush=True)
     return 1 if stats.failed or stats.rejected else 0

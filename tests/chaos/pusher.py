@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from streamproc.lifecycle import stop_on_signals, wait_any
+from streamproc.lifecycle import stop_on_signals, until
 from streamproc.sim.ticketure import SimStats, TicketureSim
 from streamproc.sim.ticketure_flows import Step
 
@@ -96,7 +96,7 @@ async def main(args: argparse.Namespace) -> int:
     files = IdFiles(args.out)
     flusher = asyncio.create_task(_flush_every(pusher, files, 0.5))
     runner = asyncio.create_task(pusher.run())
-    await wait_any(stop, runner)
+    await until(stop, runner)
     pusher.stop()
     stats = await runner
     flusher.cancel()

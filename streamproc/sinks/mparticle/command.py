@@ -13,10 +13,8 @@ import argparse
 from streamproc.config import Settings
 from streamproc.errors import ConfigError
 from streamproc.health import Health
-from streamproc.lag import LagMonitor
-from streamproc.lifecycle import stop_on_signals, wait_any
+from streamproc.roles import serve
 from streamproc.sinks.mparticle.deliverer import Deliverer
-from streamproc.startup import serving
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def command(settings: Settings, args: argparse.Namespace) -> int:
+def check_credentials(settings: Settings) -> None:
+    """ConfigError unless mParticle's key and secret are set (``deliver`` and ``run``)."""
     mp = settings.mparticle
     if not mp.api_key:
         raise ConfigError("mparticle.api_key (STREAMPROC_MPARTICLE_API_KEY)", "required to deliver")
@@ -42,23 +41,10 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(
             "mparticle.api_secret (STREAMPROC_MPARTICLE_API_SECRET)", "required to deliver"
         )
+
+
+async def command(settings: Settings, args: argparse.Namespace) -> int:
+    check_credentials(settings)
     health = Health()
-    stop = stop_on_signals()
-    deliverer = Deliverer(
-        settings,
-        health=health,
-        group_id=args.group_id,
-    )
-    monitor = LagMonitor(
-        settings, deliverer.group_id, [deliverer.topics.batches], interval_s=args.lag_interval
-    )
-    async with serving(settings, health, stop) as up:
-        if not up:
-            return 0
-        async with monitor:
-            await deliverer.start()
-            try:
-                await wait_any(stop, deliverer.task)
-            finally:
-                await deliverer.stop()
-    return 0
+    deliverer = Deliverer(settings, health=health, group_id=args.group_id)
+    return await serve(settings, health, [deliverer], lag_interval_s=args.lag_interval)

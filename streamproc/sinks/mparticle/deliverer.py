@@ -49,7 +49,8 @@ from streamproc.dlq import DeadLetter
 from streamproc.formats import envelope
 from streamproc.formats.mparticle import ACCEPTED_BATCH_BYTES, MAX_BULK_BATCHES
 from streamproc.health import Health
-from streamproc.lifecycle import Service, cancel_and_wait
+from streamproc.lag import Watch
+from streamproc.lifecycle import Service, cancel_and_wait, until
 from streamproc.redact import mask_url
 from streamproc.sinks.mparticle.batcher import (
     Batch,
@@ -174,6 +175,18 @@ class Deliverer(Service):
         if self._main is None:
             raise RuntimeError("Deliverer.task before start()")
         return self._main
+
+    name = "deliver"
+
+    def watches(self) -> list[Watch]:
+        return [Watch(self.group_id, [self.topics.batches])]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The role: start, deliver until ``stop`` is set, stop within the bound; raise what
+        ended delivery for good."""
+        async with self:
+            for task in await until(stop, self.task):
+                task.result()
 
     async def start(self) -> None:
         if self._main is not None:

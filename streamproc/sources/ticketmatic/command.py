@@ -8,21 +8,13 @@ over at once, and exits 0.
 from __future__ import annotations
 
 import argparse
-import logging
 
-from streamproc import kafka
 from streamproc.config import Settings
 from streamproc.errors import ConfigError, DecodeError
 from streamproc.formats.ticketmatic import ts_ms
 from streamproc.health import Health
-from streamproc.lag import LagMonitor
-from streamproc.lifecycle import stop_on_signals
-from streamproc.sources.ticketmatic.ownership import group_id
+from streamproc.roles import serve
 from streamproc.sources.ticketmatic.service import PollService
-from streamproc.startup import serving
-from streamproc.topics import Topics
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,18 +60,8 @@ def check_accounts(settings: Settings, *, required: bool = True) -> None:
                 raise ConfigError(f"{setting}: {account.name}.start_ts", exc.reason) from None
 
 
-async def _cursor_topic_exists(settings: Settings) -> bool:
-    consumer = kafka.consumer(settings.kafka, group_id=None)
-    await consumer.start()
-    try:
-        return Topics.for_prefix(settings.topic_prefix).cursors in await consumer.topics()
-    finally:
-        await consumer.stop()
-
-
 async def command(settings: Settings, args: argparse.Namespace) -> int:
     check_accounts(settings)
-    stop = stop_on_signals()
     health = Health()
     session_ms = int(args.session_timeout * 1000)
     service = PollService(
@@ -89,25 +71,4 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         heartbeat_interval_ms=max(500, session_ms // 4),
         backoff_base_s=args.backoff_base,
     )
-    async with serving(settings, health, stop) as up:
-        if not up:
-            return 0
-        if not await _cursor_topic_exists(settings):
-            log.error(
-                "topic %s is missing: run `streamproc topics ensure` first",
-                Topics.for_prefix(settings.topic_prefix).cursors,
-            )
-            return 2
-        log.info(
-            "polling %d Ticketmatic account(s) at %s",
-            len(settings.ticketmatic.accounts),
-            settings.ticketmatic.base_url,
-        )
-        # A transaction pinned on the cursors topic stops every account's cursor restore.
-        names = Topics.for_prefix(settings.topic_prefix)
-        async with LagMonitor(
-            settings, group_id(settings), [], args.lag_interval, changelogs=[names.cursors]
-        ):
-            await service.run(stop)
-    log.info("poller stopped")
-    return 0
+    return await serve(settings, health, [service], lag_interval_s=args.lag_interval)

@@ -49,6 +49,7 @@ from streamproc.errors import (
 )
 from streamproc.formats.ticketmatic import Cursor, EventstreamPage, later, position_key, ts_ms
 from streamproc.health import Health
+from streamproc.lifecycle import until
 from streamproc.sources.ticketmatic import cursor as cursors
 from streamproc.sources.ticketmatic.client import EventstreamClient
 from streamproc.sources.ticketmatic.page import INVALID_ITEM, MALFORMED_REASONS, PageRecords, build
@@ -453,11 +454,7 @@ def _now_ms() -> int:
 
 async def _sleep(delay_s: float, stop: asyncio.Event) -> None:
     """Sleep ``delay_s`` or until ``stop`` is set."""
-    if delay_s <= 0:
-        await asyncio.sleep(0)
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=delay_s)
+    await until(stop, seconds=max(0.0, delay_s))
 
 
 async def _race(aw: Awaitable[T], stop: asyncio.Event) -> T:
@@ -466,15 +463,12 @@ async def _race(aw: Awaitable[T], stop: asyncio.Event) -> T:
     Only requests and connecting are interrupted this way; a transaction is finished.
     """
     task = asyncio.ensure_future(aw)
-    waiter = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        ended = await until(stop, task)
     except asyncio.CancelledError:
         task.cancel()  # the caller is being cancelled: take the work down with it
         raise
-    finally:
-        waiter.cancel()
-    if not task.done():
+    if not ended:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, StreamprocError, KafkaError):
             await task

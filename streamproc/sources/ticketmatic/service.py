@@ -16,13 +16,16 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from streamproc import metrics
+from streamproc import kafka, metrics
 from streamproc.config import Settings
+from streamproc.errors import ConfigError
 from streamproc.health import Health
-from streamproc.lifecycle import cancel_and_wait
+from streamproc.lag import Watch
+from streamproc.lifecycle import cancel_and_wait, until
 from streamproc.sources.ticketmatic.client import EventstreamClient
-from streamproc.sources.ticketmatic.ownership import Ownership
+from streamproc.sources.ticketmatic.ownership import Ownership, group_id
 from streamproc.sources.ticketmatic.poller import AccountPoller, Fenced
+from streamproc.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +85,25 @@ class PollService:
         self.fenced_retry_s = fenced_retry_s
         self.poller_options = poller_options
         self.running: dict[str, _Running] = {}
+        self._cursors = Topics.for_prefix(settings.topic_prefix).cursors
+
+    name = "poll"
+
+    def watches(self) -> list[Watch]:
+        """Stuck transactions on the cursors topic, which every account restores from."""
+        return [Watch(group_id(self.settings), [], changelogs=[self._cursors])]
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Join the group and poll owned accounts until ``stop``; then shut down cleanly."""
+        """Join the group and poll owned accounts until ``stop``; then shut down cleanly.
+
+        :class:`ConfigError` if the cursors topic is missing (``streamproc topics ensure``).
+        """
+        await self._check_cursor_topic()
+        log.info(
+            "polling %d Ticketmatic account(s) at %s",
+            len(self.accounts),
+            self.settings.ticketmatic.base_url,
+        )
         self.health.set("poll-group", False, "joining")
         await self.client.start()
         try:
@@ -94,6 +113,18 @@ class PollService:
             await self.ownership.stop()
             await self.client.stop()
             self.health.set("poll-group", False, "stopped")
+
+    async def _check_cursor_topic(self) -> None:
+        consumer = kafka.consumer(self.settings.kafka, group_id=None)
+        await consumer.start()
+        try:
+            exists = self._cursors in await consumer.topics()
+        finally:
+            await consumer.stop()
+        if not exists:
+            raise ConfigError(
+                f"topic {self._cursors}", "is missing: run `streamproc topics ensure` first"
+            )
 
     async def acquire(self, names: set[str]) -> None:
         """Start a poller task for each account not yet running here (after an assignment)."""
@@ -159,5 +190,4 @@ class PollService:
                 delay = poller.backoff.next()
             else:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await until(stop, seconds=delay)

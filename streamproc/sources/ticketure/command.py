@@ -9,14 +9,12 @@ finish the requests in flight, flush, exit 0.
 from __future__ import annotations
 
 import argparse
-import gc
 
 from streamproc.config import Settings, env_name
 from streamproc.errors import ConfigError
 from streamproc.health import Health
-from streamproc.lifecycle import stop_on_signals
+from streamproc.roles import serve
 from streamproc.sources.ticketure.receiver import Receiver
-from streamproc.startup import serving
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,15 +31,6 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
             f'{setting}=\'[{{"name": "ticketure", "auth": "basic", "key": "...", '
             '"secret": "..."}]\'',
         )
-    stop = stop_on_signals()
     health = Health()
     receiver = Receiver(settings, health, host=args.host, port=args.port)
-    async with serving(settings, health, stop) as up:
-        if not up:
-            return 0
-        async with receiver:
-            # Everything alive now lives as long as the process: keep it out of the garbage
-            # collector's full passes, which otherwise stall every request for tens of ms.
-            gc.freeze()
-            await stop.wait()
-    return 0
+    return await serve(settings, health, [receiver])
