@@ -197,3 +197,61 @@ async def test_topics_ensure_grows_partitions(make_settings: Callable[..., Setti
     await topics.ensure(make_settings(partitions=1))
     report = await topics.ensure(make_settings(partitions=2))
     assert any(line.startswith("grew") and "ticketure.audit" in line for line in report)
+
+
+# Kafka's own murmur2 test vectors (UtilsTest.testMurmur2 in Apache Kafka's clients): the
+# partition Java's default partitioner gives each key on 3 partitions, found without us.
+JAVA_MURMUR2 = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
+
+async def test_the_batch_writer_keeps_javas_partitions_and_the_order_per_key(
+    kafka_settings: Settings, unique: Callable[[str], str]
+) -> None:
+    """3,000 records of 2 KB through BatchWriter in one transaction (hundreds of full
+    batches handed over): each on the partition Java's clients would pick for its key, in
+    the order written, none lost or doubled; a record given a partition goes there."""
+    names = topics.Topics.for_prefix(kafka_settings.topic_prefix)
+    keys = list(JAVA_MURMUR2)
+    written = [(keys[i % len(keys)], b"%06d" % i + b"x" * 2000) for i in range(3000)]
+    producer = kafka.producer(kafka_settings.kafka, transactional_id=unique("tx"))
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        out = kafka.BatchWriter(producer, kafka.KeyPartitions(size=4))  # the cache starts over
+        for key, value in written:
+            await out.add(names.batches, key, value, [(envelope.H_ITEM_ID, value[:6])])
+        await out.add(names.batches, b"abc", b"pinned", [], partition=0)
+        await out.flush()
+        await producer.commit_transaction()
+    finally:
+        await producer.stop()
+
+    consumer = kafka.consumer(kafka_settings.kafka, names.batches, group_id=unique("reader"))
+    await consumer.start()
+    got: list[tuple[int, bytes, bytes, str | None]] = []
+    try:
+        while len(got) < len(written) + 1:
+            batch = await consumer.getmany(timeout_ms=5000)
+            assert batch, f"only {len(got)} records within 5 s"
+            for tp, msgs in batch.items():
+                got += [
+                    (tp.partition, m.key, m.value, envelope.header(m.headers, envelope.H_ITEM_ID))
+                    for m in msgs
+                ]
+    finally:
+        await consumer.stop()
+    assert len(got) == len(written) + 1
+    assert (0, b"abc", b"pinned", None) in got
+    records = [g for g in got if g[2] != b"pinned"]
+    for key, expected in JAVA_MURMUR2.items():
+        on = {p for p, k, _, _ in records if k == key}
+        assert on == {(expected & 0x7FFFFFFF) % 3}, key
+        assert [v for _, k, v, _ in records if k == key] == [v for k, v in written if k == key]
+    assert all(item_id == value[:6].decode() for _, _, value, item_id in records)

@@ -62,7 +62,6 @@ from streamproc.health import Health
 from streamproc.lag import Watch
 from streamproc.lifecycle import Service, cancel_and_wait
 from streamproc.mapper.dedupe import DedupeState, restore
-from streamproc.mapper.output import PartitionCache, producer_abort
 from streamproc.mapper.transaction import Hook, Mapper, Part, Transactor
 from streamproc.mapping.router import MappingContext, map_record
 from streamproc.topics import Topics
@@ -132,7 +131,7 @@ class MapProcessor(Service):
         self.fenced = 0  # commits refused because another producer took the partition over
         self.committed = 0  # source records whose transaction committed
         self._transactor = Transactor(
-            self.topics, self.group_id, mapper, PartitionCache(), before_commit
+            self.topics, self.group_id, mapper, kafka.KeyPartitions(), before_commit
         )
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -484,7 +483,7 @@ class MapProcessor(Service):
         else:
             log.warning("map: %s: transaction failed (%r); aborting", _name(tp), exc)
             try:
-                await asyncio.wait_for(producer_abort(part.producer), timeout=5.0)
+                await asyncio.wait_for(kafka.abort(part.producer), timeout=5.0)
             except (KafkaError, TimeoutError) as abort_exc:
                 log.info(
                     "map: %s: abort failed (%r), the next producer aborts it", _name(tp), abort_exc

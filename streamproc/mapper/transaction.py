@@ -29,10 +29,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from streamproc import dlq, metrics
+from streamproc import dlq, kafka, metrics
 from streamproc.dlq import DeadLetter
 from streamproc.mapper.dedupe import Changes, DedupeState, changelog_key, encode_ids
-from streamproc.mapper.output import BatchOutput, PartitionCache
 from streamproc.mapping.record import Mapper, Plan, plan
 from streamproc.mapping.router import Mapped, Unknown, Unmappable
 from streamproc.topics import Topics
@@ -95,13 +94,13 @@ class Transactor:
         topics: Topics,
         group_id: str,
         mapper: Mapper,
-        partition_cache: PartitionCache,
+        keys: kafka.KeyPartitions,
         before_commit: Hook | None = None,
     ) -> None:
         self.topics = topics
         self.group_id = group_id
         self._map = mapper
-        self._partition_cache = partition_cache
+        self._keys = keys
         self._before_commit = before_commit
 
     async def run(self, part: Part, records: list[Any]) -> bool:
@@ -115,8 +114,8 @@ class Transactor:
         txn = state.begin()
         counts = _Counts()
         await producer.begin_transaction()
-        partitions = await producer.partitions_for(self.topics.batches)
-        out = BatchOutput(producer, self.topics.batches, partitions, self._partition_cache)
+        out = kafka.BatchWriter(producer, self._keys)
+        batches = self.topics.batches
         for record in records:
             step = safe_plan(part, record, self._map)
             source, outcome = step.source, step.outcome
@@ -126,7 +125,7 @@ class Transactor:
                     counts.hits[source] += 1
                     continue
                 txn.add(step.dedupe, outcome.item_time_ms)
-                await out.add(step.key, outcome.batch, step.headers)
+                await out.add(batches, step.key, outcome.batch, step.headers)
                 kind = "forwarded" if outcome.forwarded else "mapped"
                 counts.items[(source, outcome.item_type, kind)] += 1
                 if outcome.truncations:
