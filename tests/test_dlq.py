@@ -15,7 +15,7 @@ from streamproc.config import Settings
 from streamproc.dlq import H_ATTEMPT, H_REPLAY_OF, DeadLetter
 from streamproc.formats import envelope
 from streamproc.topics import Topics
-from tests.mapping.test_processor import Out, read_topic
+from tests.mapper.test_processor import Out, read_topic
 from tests.procs import settings_env
 
 pytestmark = pytest.mark.kafka

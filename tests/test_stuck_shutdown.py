@@ -21,7 +21,7 @@ from streamproc.config import Settings
 from streamproc.sources.ticketmatic.ownership import group_id as poll_group
 from streamproc.topics import Topics, ensure
 from tests.localkafka import free_port
-from tests.mapping.test_processor import produce_tm, tm_item
+from tests.mapper.test_processor import produce_tm, tm_item
 from tests.procs import Proc, scraped, settings_env, wait_for
 from tests.test_startup import readyz, role_env
 from tests.transactions import open_transaction

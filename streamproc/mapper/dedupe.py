@@ -116,11 +116,6 @@ class DedupeState:
     def capacity(self) -> int:
         return self._mask + 1
 
-    def nbytes(self) -> int:
-        """Bytes held by the table and the bucket bookkeeping (for the memory figure)."""
-        total = sys.getsizeof(self._keys) + sys.getsizeof(self._tags) + sys.getsizeof(self._live)
-        return total + sum(sys.getsizeof(b.offsets) + 64 for b in self._buckets.values())
-
     def __contains__(self, h: int) -> bool:
         keys, mask = self._keys, self._mask
         i = h & mask

@@ -205,7 +205,7 @@ async def _map_stage(settings: Settings, mapper: Mapper | None = None) -> _Run:
     )
     stop = asyncio.Event()
     async with processor:
-        task = asyncio.create_task(processor.run(stop))
+        task = asyncio.create_task(processor.work(stop))
         try:
             deadline = time.monotonic() + 600
             # Polled, not awaited: the processor exposes counts, not events.

@@ -23,7 +23,7 @@ import aiohttp
 from tests.chaos.ledger import mparticle_stats
 from tests.chaos.schedule import Fault
 from tests.chaos.stack import Stack
-from tests.mapping.test_processor_procs import OutputEnds
+from tests.mapper.test_processor_procs import OutputEnds
 
 OPEN_TRANSACTION_WAIT_S = 30.0  # how long a broker stop waits for a map transaction open
 

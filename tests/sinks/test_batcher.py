@@ -27,10 +27,23 @@ def batch(offset: int, size: int = 10) -> Batch:
     return Record("t", 0, offset, None, value)
 
 
+def add(batcher: Batcher, one: Batch) -> list[Batch] | None:
+    """Add one batch, as the deliverer adds a fetch: the request it completes, if any."""
+    done: list[list[Batch]] = []
+    batcher.add_all([one], done)
+    assert len(done) <= 1, "one batch completes at most one request"
+    return done[0] if done else None
+
+
+def fetch(tracker: OffsetTracker, tp: TopicPartition, *offsets: int) -> None:
+    """Records of ``tp`` at ``offsets`` fetched, as the deliverer hands them over."""
+    tracker.fetched_all(tp, [Record(tp.topic, tp.partition, o, None, b"{}") for o in offsets])
+
+
 def test_request_is_full_at_100_batches() -> None:
     """The 100th batch completes a request; the 101st opens the next one."""
     batcher = Batcher()
-    done = [batcher.add(batch(i)) for i in range(101)]
+    done = [add(batcher, batch(i)) for i in range(101)]
     assert all(d is None for d in done[:99])
     full = done[99]
     assert full is not None
@@ -43,9 +56,9 @@ def test_request_stays_within_256_kib() -> None:
     """A batch that would push the body past 256 KiB starts the next request."""
     batcher = Batcher()
     big = 100 * 1024
-    assert batcher.add(batch(0, big)) is None
-    assert batcher.add(batch(1, big)) is None
-    done = batcher.add(batch(2, big))
+    assert add(batcher, batch(0, big)) is None
+    assert add(batcher, batch(1, big)) is None
+    done = add(batcher, batch(2, big))
     assert done is not None
     assert [b.offset for b in done] == [0, 1]
     assert len(request_body(done)) <= 256 * 1024
@@ -75,7 +88,7 @@ def test_age_and_flush() -> None:
     now = [10.0]
     batcher = Batcher(clock=lambda: now[0])
     assert batcher.age() == 0.0
-    batcher.add(batch(0))
+    add(batcher, batch(0))
     now[0] = 10.5
     assert batcher.age() == 0.5
     assert batcher.flush() is not None
@@ -89,7 +102,7 @@ def test_requests_keep_order_and_limits(sizes: list[int]) -> None:
     batcher = Batcher()
     requests: list[list[Batch]] = []
     for i, size in enumerate(sizes):
-        done = batcher.add(batch(i, size))
+        done = add(batcher, batch(i, size))
         if done:
             requests.append(done)
     rest = batcher.flush()
@@ -105,9 +118,8 @@ def test_commit_only_the_contiguous_finished_prefix() -> None:
     """A finished record is committed only when every earlier one in its partition is."""
     tracker = OffsetTracker()
     other = TopicPartition("t", 1)
-    for offset in (0, 1, 2, 4):  # 3 is a transaction marker: never fetched
-        tracker.fetched(TP, offset)
-    tracker.fetched(other, 7)
+    fetch(tracker, TP, 0, 1, 2, 4)  # 3 is a transaction marker: never fetched
+    fetch(tracker, other, 7)
     tracker.finished(TP, 1)
     tracker.finished(other, 7)
     assert tracker.committable() == {other: 8}
@@ -116,7 +128,7 @@ def test_commit_only_the_contiguous_finished_prefix() -> None:
     tracker.finished(TP, 4)
     assert tracker.committable() == {TP: 2}
     tracker.committed({TP: 2})
-    assert tracker.unfinished() == 1
+    assert tracker.committable() == {}  # 4 is finished, 2 is not
     tracker.finished(TP, 2)
     assert tracker.committable() == {TP: 5}
     tracker.committed({TP: 5})
@@ -127,8 +139,7 @@ def test_commit_only_the_contiguous_finished_prefix() -> None:
 def test_commit_position_never_passes_an_unfinished_record(order: list[int]) -> None:
     """Whatever order records finish in, the commit never skips an unfinished one."""
     tracker = OffsetTracker()
-    for offset in range(30):
-        tracker.fetched(TP, offset)
+    fetch(tracker, TP, *range(30))
     finished: set[int] = set()
     for offset in order:
         tracker.finished(TP, offset)
@@ -138,7 +149,7 @@ def test_commit_position_never_passes_an_unfinished_record(order: list[int]) -> 
             assert set(range(position)) <= finished
             tracker.committed({TP: position})
     assert tracker.committable() == {}
-    assert tracker.unfinished() == 0
+    assert tracker.held() == 0
 
 
 @given(
@@ -149,10 +160,10 @@ def test_commit_position_never_passes_an_unfinished_record(order: list[int]) -> 
 def test_add_all_packs_exactly_as_add_one_by_one(
     sizes: list[int], max_batches: int, max_bytes: int
 ) -> None:
-    """``add_all`` completes the same requests as ``add`` per batch and leaves the same open."""
+    """``add_all`` completes the same requests however a fetch is cut, and leaves the same open."""
     batches = [batch(i, size) for i, size in enumerate(sizes)]
     one, many = Batcher(max_batches, max_bytes), Batcher(max_batches, max_bytes)
-    expected = [r for r in (one.add(b) for b in batches) if r is not None]
+    expected = [r for r in (add(one, b) for b in batches) if r is not None]
     got: list[list[Batch]] = []
     many.add_all(batches[: len(batches) // 2], got)
     many.add_all(batches[len(batches) // 2 :], got)
@@ -176,22 +187,21 @@ def test_finished_all_marks_runs_of_several_partitions() -> None:
     """Records of interleaved partitions are each marked; untracked partitions are ignored."""
     tracker = OffsetTracker()
     other = TopicPartition("t", 1)
-    tracker.fetched_all(TP, [Record("t", 0, o, None, b"{}") for o in (0, 1, 2)])
-    tracker.fetched_all(other, [Record("t", 1, o, None, b"{}") for o in (5, 6)])
+    fetch(tracker, TP, 0, 1, 2)
+    fetch(tracker, other, 5, 6)
     tracker.finished_all(
         [Record("t", p, o, None, b"{}") for p, o in ((0, 0), (1, 5), (0, 1), (9, 3), (1, 6))]
     )
     assert tracker.committable() == {TP: 2, other: 7}
-    assert tracker.unfinished() == 1
+    assert tracker.held() == 4  # (9, 3) was never fetched: ignored
 
 
 def test_held_counts_finished_records_until_their_commit_lands() -> None:
     """Finished but uncommitted records are held: behind an unfinished one, or not committed."""
     tracker = OffsetTracker()
     other = TopicPartition("t", 1)
-    for offset in range(10):
-        tracker.fetched(TP, offset)
-        tracker.fetched(other, offset)
+    fetch(tracker, TP, *range(10))
+    fetch(tracker, other, *range(10))
     for offset in range(1, 6):  # offset 0 is held back, by a 429 say
         tracker.finished(TP, offset)
     for offset in range(4):

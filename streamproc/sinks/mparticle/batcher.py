@@ -107,33 +107,14 @@ class Batcher:
     def __len__(self) -> int:
         return len(self._open)
 
-    def add(self, batch: Batch) -> list[Batch] | None:
-        """Add ``batch``; return a request that is complete now, if any.
-
-        The caller must have checked the batch with :func:`reject_reason`: a batch larger
-        than ``max_bytes - 2`` would never fit and raises ValueError.
-        """
-        extra = len(batch.value) + (1 if self._open else 0)
-        if len(batch.value) + 2 > self.max_bytes:
-            raise ValueError(f"{where(batch)} is larger than a request may be")
-        done: list[Batch] | None = None
-        if self._open and self._size + extra > self.max_bytes:
-            done = self.flush()
-            extra = len(batch.value)
-        if not self._open:
-            self._opened_at = self._clock()
-        self._open.append(batch)
-        self._size += extra
-        if len(self._open) >= self.max_batches:
-            # At most one request completes per add: an overflow flush leaves one batch open.
-            return done or self.flush()
-        return done
-
     def add_all(self, batches: Iterable[Batch], out: list[list[Batch]]) -> None:
-        """:meth:`add` each of ``batches`` in order, appending completed requests to ``out``.
+        """Add ``batches`` in order, appending the requests they complete to ``out``.
 
-        The same requests as one ``add`` after the other, in one loop with the state in
-        locals: this runs for every batch fetched.
+        A request is complete at ``max_batches`` batches, or when the next batch would take
+        its body past ``max_bytes`` (that batch opens the next request); the same requests
+        however the batches are cut into calls. One loop with the state in locals: this
+        runs for every batch fetched. The caller must have checked each batch with
+        :func:`reject_reason`: one larger than ``max_bytes - 2`` raises ValueError.
         """
         open_, size = self._open, self._size
         max_batches, max_bytes = self.max_batches, self.max_bytes

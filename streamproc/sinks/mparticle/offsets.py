@@ -48,9 +48,6 @@ class PartitionProgress:
         self._marks: deque[tuple[int, int]] = deque()
         self._committed_passed = 0
 
-    def fetched(self, offset: int) -> None:
-        self._order.append(offset)
-
     def fetched_all(self, items: Iterable[Positioned]) -> None:
         self._order.extend(map(_OFFSET, items))
 
@@ -83,9 +80,6 @@ class PartitionProgress:
         """Finished records beyond the committed position: what a crash now sends again."""
         return len(self._done) + self._passed - self._committed_passed
 
-    def unfinished(self) -> int:
-        return len(self._order) - len(self._done)
-
 
 class OffsetTracker:
     """Progress of every assigned partition and what has been committed already."""
@@ -99,9 +93,6 @@ class OffsetTracker:
         if part is None:
             part = self._parts[tp] = PartitionProgress()
         return part
-
-    def fetched(self, tp: TopicPartition, offset: int) -> None:
-        self._part(tp).fetched(offset)
 
     def fetched_all(self, tp: TopicPartition, items: Iterable[Positioned]) -> None:
         """Records of partition ``tp``, in fetch order."""
@@ -143,10 +134,6 @@ class OffsetTracker:
     def held(self) -> int:
         """Finished records not committed yet, over every partition (see ``held``)."""
         return sum(p.held() for p in self._parts.values())
-
-    def unfinished(self) -> int:
-        """Records fetched and not finished yet, over every partition."""
-        return sum(p.unfinished() for p in self._parts.values())
 
     def clear(self) -> None:
         """Forget everything (after a rebalance positions restart from the commits)."""

@@ -19,7 +19,7 @@ from streamproc.config import Settings
 from streamproc.formats import envelope
 from streamproc.mapper.processor import MapProcessor
 from streamproc.topics import Topics
-from tests.mapping.test_processor import (
+from tests.mapper.test_processor import (
     FAST,
     item_ids,
     produce_tm,

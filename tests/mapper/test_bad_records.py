@@ -20,7 +20,7 @@ from streamproc.mapper.processor import MapProcessor
 from streamproc.mapping.router import MapOutcome, MappingContext, map_record
 from streamproc.topics import Topics
 from tests.mapping.hostile import in_data, nested
-from tests.mapping.test_processor import (
+from tests.mapper.test_processor import (
     FAST,
     Out,
     dead_lettered,

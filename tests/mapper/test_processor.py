@@ -154,7 +154,7 @@ async def started(processor: MapProcessor) -> AsyncIterator[asyncio.Task[None]]:
     """Run ``processor`` in a task (to check it still runs); stop it (SIGTERM's path) on exit."""
     stop = asyncio.Event()
     async with processor:
-        task = asyncio.create_task(processor.run(stop))
+        task = asyncio.create_task(processor.work(stop))
         try:
             yield task
         finally:

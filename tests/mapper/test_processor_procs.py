@@ -13,7 +13,7 @@ from streamproc import kafka, topics
 from streamproc.config import Settings
 from streamproc.topics import Topics
 from tests.localkafka import free_port
-from tests.mapping.test_processor import (
+from tests.mapper.test_processor import (
     assert_order_per_key,
     item_ids,
     produce_tm,
