@@ -19,7 +19,6 @@ from streamproc.formats import envelope
 from streamproc.mapper.processor import MapProcessor
 from streamproc.mapping.router import MapOutcome, MappingContext, map_record
 from streamproc.topics import Topics
-from tests.mapping.hostile import in_data, nested
 from tests.mapper.test_processor import (
     FAST,
     Out,
@@ -31,6 +30,7 @@ from tests.mapper.test_processor import (
     tm_item,
     wait_output,
 )
+from tests.mapping.hostile import in_data, nested
 from tests.procs import wait_for
 from tests.sinks.support import committed
 from tests.test_dlq import cli

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from aiokafka import ConsumerRecord, TopicPartition
-from prometheus_client import REGISTRY
+from aiokafka import TopicPartition
 
 from streamproc import kafka
 from streamproc.config import MParticleSettings, Secret, Settings
@@ -146,24 +145,3 @@ async def end_offsets(settings: Settings) -> dict[int, int]:
 async def all_committed(settings: Settings, group_id: str) -> bool:
     """Whether the group has committed every record of the batches topic."""
     return await committed(settings, group_id) == await end_offsets(settings)
-
-
-async def read_dlq(settings: Settings, expected: int, timeout_s: float = 20.0) -> list[Any]:
-    """Records of the dead-letter topic (stops at ``expected`` or after ``timeout_s``)."""
-    topic = Topics.for_prefix(settings.topic_prefix).dlq
-    consumer = kafka.consumer(settings.kafka, topic, group_id=None)
-    await consumer.start()
-    records: list[ConsumerRecord[bytes, bytes]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(records) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for part in batch.values():
-                records += part
-    finally:
-        await consumer.stop()
-    return records
-
-
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -17,7 +17,7 @@ from streamproc.sinks.mparticle.batcher import (
     reject_reason,
     request_body,
 )
-from streamproc.sinks.mparticle.offsets import OffsetTracker
+from streamproc.sinks.offsets import OffsetTracker
 
 TP = TopicPartition("t", 0)
 

@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
 from streamproc import topics
-from streamproc.config import Settings
+from streamproc.config import MParticleSettings, Settings
 from streamproc.dlq import H_STAGE
 from streamproc.formats import envelope
 from streamproc.health import Health
@@ -21,6 +22,7 @@ from streamproc.sim.mparticle import MParticleSim
 from streamproc.sim.mparticle_control import Control
 from streamproc.sinks.mparticle.deliverer import Deliverer
 from streamproc.topics import Topics
+from tests.metrics import sample
 from tests.procs import wait_for
 from tests.sinks.support import (
     API_KEY,
@@ -30,11 +32,10 @@ from tests.sinks.support import (
     deliver_settings,
     encode,
     make_batch,
-    metric,
     produce,
-    read_dlq,
     request_id,
 )
+from tests.topics import read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -53,15 +54,15 @@ def schema(shared_reference: Path) -> dict[str, Any]:
 async def running(
     settings: Settings, health: Health | None = None, **kwargs: Any
 ) -> AsyncIterator[Deliverer]:
-    options: dict[str, Any] = {
-        "backoff_base_s": 0.01,
-        "auth_retry_s": 0.1,
-        "commit_interval_s": 0.1,
-        "idle_poll_s": 0.1,
-        "blocked_poll_s": 0.2,
-        "shutdown_timeout_s": 5.0,
-    }
-    options.update(kwargs)
+    """A deliverer with short retries and polls; ``kwargs`` that name an ``mparticle``
+    setting change the settings, the rest are the deliverer's own pacing options."""
+    mp: dict[str, Any] = {"backoff_base_s": 0.01, "auth_retry_s": 0.1, "shutdown_timeout_s": 5.0}
+    options: dict[str, Any] = {"commit_interval_s": 0.1, "idle_poll_s": 0.1, "blocked_poll_s": 0.2}
+    for name, value in kwargs.items():
+        (mp if name in MParticleSettings.__struct_fields__ else options)[name] = value
+    settings = msgspec.structs.replace(
+        settings, mparticle=msgspec.structs.replace(settings.mparticle, **mp)
+    )
     deliverer = Deliverer(settings, health=health, **options)
     async with deliverer:
         yield deliverer
@@ -69,7 +70,7 @@ async def running(
 
 
 def e2e_bucket(le: str) -> float:
-    return metric("streamproc_end_to_end_seconds_bucket", source="ticketure", le=le)
+    return sample("streamproc_end_to_end_seconds_bucket", source="ticketure", le=le)
 
 
 async def test_delivers_every_batch_unchanged_and_commits(
@@ -89,7 +90,7 @@ async def test_delivers_every_batch_unchanged_and_commits(
         assert sorted(orjson.dumps(b) for b in sim.batches()) == sorted(values)
         assert sim.stats.duplicates == 0
         assert max(len(orjson.loads(orjson.dumps(b))) for b in sim.batches()) > 0
-        assert metric("streamproc_deliver_in_flight") == 0
+        assert sample("streamproc_deliver_in_flight") == 0
 
 
 async def test_400_dead_letters_the_bad_batches_and_delivers_the_rest(
@@ -108,7 +109,7 @@ async def test_400_dead_letters_the_bad_batches_and_delivers_the_rest(
         async with running(settings) as d:
             await wait_for(lambda: sim.stats.batches_stored == 77, 30, what="good batches")
             await wait_for(lambda: all_committed(settings, d.group_id), 20, what="commits")
-        parked = await read_dlq(settings, 3)
+        parked = await read_topic(settings, Topics.for_prefix(settings.topic_prefix).dlq, 3)
     assert e2e_bucket("+Inf") - e2e == 77  # after the splits: each delivered batch once
     assert sorted(r.value for r in parked) == sorted(values[i] for i in bad)
     for record in parked:
@@ -128,20 +129,20 @@ async def test_unpostable_records_are_dead_lettered(kafka_settings: Settings) ->
     """A batch over 128 KiB, or a value that is not a JSON object, is parked with the reason."""
     values = [encode(make_batch(0)), encode(make_batch(1, pad=130 * 1024)), b"[1,2]"]
     labels = {"stage": "deliver", "source": "ticketure"}
-    before = {r: metric("streamproc_dead_lettered_total", **labels, reason=r) for r in REASONS}
+    before = {r: sample("streamproc_dead_lettered_total", **labels, reason=r) for r in REASONS}
     async with MParticleSim(api_key=API_KEY, api_secret=API_SECRET) as sim:
         settings = deliver_settings(kafka_settings, sim)
         await produce(settings, values)
         async with running(settings) as d:
             await wait_for(lambda: sim.stats.batches_stored == 1, 30, what="good batch")
             await wait_for(lambda: all_committed(settings, d.group_id), 20, what="commits")
-        parked = await read_dlq(settings, 2)
+        parked = await read_topic(settings, Topics.for_prefix(settings.topic_prefix).dlq, 2)
     reasons = sorted(
         (envelope.header(r.headers, envelope.H_REASON) or "").split(":")[0] for r in parked
     )
     assert reasons == ["batch_too_large", "not_json_object"]
     for reason in REASONS:  # counted once each, under the batch's source
-        counted = metric("streamproc_dead_lettered_total", **labels, reason=reason)
+        counted = sample("streamproc_dead_lettered_total", **labels, reason=reason)
         assert counted == before[reason] + 1
 
 
@@ -155,7 +156,7 @@ async def test_auth_failure_pauses_commits_nothing_and_resumes(kafka_settings: S
         async with running(settings, health) as d:
             await wait_for(lambda: sim.stats.answers.get("403", 0) >= 3, 30, what="403s")
             assert not health.ready()
-            assert metric("streamproc_deliver_auth_failed") == 1
+            assert sample("streamproc_deliver_auth_failed") == 1
             await asyncio.sleep(0.5)  # several commit intervals: none may move
             assert await committed(settings, d.group_id) == {}
             assert sim.stats.batches_stored == 0
@@ -163,16 +164,15 @@ async def test_auth_failure_pauses_commits_nothing_and_resumes(kafka_settings: S
             await wait_for(lambda: sim.stats.batches_stored == 30, 30, what="delivery resumed")
             await wait_for(lambda: all_committed(settings, d.group_id), 20, what="commits")
             assert health.ready()
-            assert metric("streamproc_deliver_auth_failed") == 0
-    parked = await read_dlq(settings, 1, timeout_s=1.0)
-    assert parked == []
+            assert sample("streamproc_deliver_auth_failed") == 0
+    assert await read_topic(settings, Topics.for_prefix(settings.topic_prefix).dlq) == []
 
 
 async def test_429_5xx_and_timeouts_lose_nothing(kafka_settings: Settings) -> None:
     """429 with and without Retry-After, 500/503, then timeouts: retried, all delivered."""
-    rate_limited = metric("streamproc_deliver_retries_total", reason="rate_limited")
-    server_error = metric("streamproc_deliver_retries_total", reason="server_error")
-    transport = metric("streamproc_deliver_retries_total", reason="transport")
+    rate_limited = sample("streamproc_deliver_retries_total", reason="rate_limited")
+    server_error = sample("streamproc_deliver_retries_total", reason="server_error")
+    transport = sample("streamproc_deliver_retries_total", reason="transport")
     async with MParticleSim(api_key=API_KEY, api_secret=API_SECRET) as sim:
         settings = deliver_settings(kafka_settings, sim, request_timeout_s=0.3)
         sim.fail_next(429, count=2, retry_after_s=0.05)
@@ -182,17 +182,17 @@ async def test_429_5xx_and_timeouts_lose_nothing(kafka_settings: Settings) -> No
         await produce(settings, [encode(make_batch(i)) for i in range(60)])
         async with running(settings) as d:
             await wait_for(lambda: sim.stats.batches_stored == 60, 30, what="first batches")
-            assert metric("streamproc_deliver_retries_total", reason="rate_limited") >= (
+            assert sample("streamproc_deliver_retries_total", reason="rate_limited") >= (
                 rate_limited + 4
             )
-            assert metric("streamproc_deliver_retries_total", reason="server_error") >= (
+            assert sample("streamproc_deliver_retries_total", reason="server_error") >= (
                 server_error + 4
             )
             sim.control(Control(latency_s=0.5))  # past the client's 0.3 s timeout
             await produce(settings, [encode(make_batch(i)) for i in range(60, 120)])
             await wait_for(
                 lambda: (
-                    metric("streamproc_deliver_retries_total", reason="transport") >= transport + 2
+                    sample("streamproc_deliver_retries_total", reason="transport") >= transport + 2
                 ),
                 30,
                 what="timeouts",
@@ -207,7 +207,7 @@ async def test_429_5xx_and_timeouts_lose_nothing(kafka_settings: Settings) -> No
 
 async def test_429_storm_is_ridden_out(kafka_settings: Settings) -> None:
     """Far past mParticle's rate, the deliverer backs off and delivers everything."""
-    retries = metric("streamproc_deliver_retries_total", reason="rate_limited")
+    retries = sample("streamproc_deliver_retries_total", reason="rate_limited")
     values = [encode(make_batch(i)) for i in range(600)]
     async with MParticleSim(
         api_key=API_KEY, api_secret=API_SECRET, rate_limit_batches_per_s=150, retry_after_s=None
@@ -219,7 +219,7 @@ async def test_429_storm_is_ridden_out(kafka_settings: Settings) -> None:
             await wait_for(lambda: all_committed(settings, d.group_id), 20, what="commits")
     storm = sim.stats.answers.get("429", 0)
     assert storm >= 3
-    assert metric("streamproc_deliver_retries_total", reason="rate_limited") == retries + storm
+    assert sample("streamproc_deliver_retries_total", reason="rate_limited") == retries + storm
     assert sim.stats.duplicates == 0
 
 
@@ -266,14 +266,16 @@ async def test_blocked_delivery_keeps_its_group_membership(
         await produce(settings, [encode(make_batch(i)) for i in range(300)])
         await sim.stop()
         options = {"max_poll_interval_ms": 2000}
-        with caplog.at_level(logging.INFO, logger="streamproc.sinks.mparticle.deliverer"):
+        with caplog.at_level(logging.INFO, logger="streamproc.sinks"):
             async with running(settings, consumer_options=options) as d:
                 await wait_for(lambda: d._paused, 20, what="fetching paused")
                 await asyncio.sleep(5)  # 2.5 times max.poll.interval.ms
                 await sim.start()
                 await wait_for(lambda: sim.stats.batches_stored == 300, 30, what="all batches")
                 await wait_for(lambda: all_committed(settings, d.group_id), 20, what="commits")
-    assert [r.getMessage() for r in caplog.records if "revoked" in r.getMessage()] == []
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("fetching paused" in line for line in logged)
+    assert [line for line in logged if "revoked" in line] == []
 
 
 async def test_read_ahead_is_bounded_while_mparticle_is_away(kafka_settings: Settings) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
-from tests.sinks.support import metric
+from tests.metrics import sample
 
 
 class FakeTime:
@@ -49,7 +49,7 @@ async def test_429_halves_once_per_interval_and_floors() -> None:
     lim.on_rate_limited()
     lim.on_rate_limited()
     assert lim.rate == pytest.approx(135)
-    assert metric("streamproc_deliver_rate_limit_batches_per_second") == pytest.approx(135)
+    assert sample("streamproc_deliver_rate_limit_batches_per_second") == pytest.approx(135)
     for _ in range(20):
         t.now += 1.0
         lim.on_rate_limited()
@@ -138,14 +138,14 @@ async def test_the_share_scales_the_rate_and_the_gauge() -> None:
     """A share of the partitions takes that share of the feed's rate, adapted as before."""
     lim, t = limiter(270, share=2 / 6)
     assert lim.rate == pytest.approx(90)
-    assert metric("streamproc_deliver_rate_limit_batches_per_second") == pytest.approx(90)
+    assert sample("streamproc_deliver_rate_limit_batches_per_second") == pytest.approx(90)
     lim.on_rate_limited()
     assert lim.rate == pytest.approx(45)
     lim.set_share(3 / 6)  # a rebalance: the halving is kept
     assert lim.rate == pytest.approx(67.5)
     assert lim.max_rate == pytest.approx(135)
     lim.set_share(0)
-    assert metric("streamproc_deliver_rate_limit_batches_per_second") == 0
+    assert sample("streamproc_deliver_rate_limit_batches_per_second") == 0
     lim.set_share(1)
     t.now += 1000
     lim.on_accepted(None)

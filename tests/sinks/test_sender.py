@@ -21,8 +21,9 @@ from streamproc.sinks.mparticle.batcher import Batch, Record, request_body
 from streamproc.sinks.mparticle.client import MParticleClient
 from streamproc.sinks.mparticle.ratelimit import AdaptiveRateLimiter
 from streamproc.sinks.mparticle.sender import AUTH_COMPONENT, Sender, item_times
+from tests.metrics import sample
 from tests.procs import wait_for
-from tests.sinks.support import API_KEY, API_SECRET, encode, make_batch, metric, request_id
+from tests.sinks.support import API_KEY, API_SECRET, encode, make_batch, request_id
 
 
 def batches(n: int, bad: Collection[int] = ()) -> list[Batch]:
@@ -102,7 +103,7 @@ async def test_client_maps_every_answer(sim: MParticleSim, client: MParticleClie
 
 async def test_client_timeouts_and_refused_connections(sim: MParticleSim) -> None:
     """A timeout and a refused connection are TransportErrors (retriable)."""
-    before = metric("streamproc_deliver_requests_total", status_class="error")
+    before = sample("streamproc_deliver_requests_total", status_class="error")
     async with MParticleClient(sim.url, API_KEY, API_SECRET, timeout_s=0.2) as client:
         sim.control(Control(latency_s=1.0))
         with pytest.raises(TransportError):
@@ -112,21 +113,21 @@ async def test_client_timeouts_and_refused_connections(sim: MParticleSim) -> Non
         with pytest.raises(TransportError) as refused:
             await client.post_bulk(b"[]")
         assert refused.value.retriable
-    assert metric("streamproc_deliver_requests_total", status_class="error") == before + 2
+    assert sample("streamproc_deliver_requests_total", status_class="error") == before + 2
 
 
 async def test_202_delivers_and_observes_end_to_end(
     sim: MParticleSim, client: MParticleClient
 ) -> None:
     """Accepted batches are counted as delivered and their end-to-end latency observed."""
-    delivered = metric("streamproc_deliver_batches_total", outcome="delivered")
-    e2e = metric("streamproc_end_to_end_seconds_count", source="ticketure")
+    delivered = sample("streamproc_deliver_batches_total", outcome="delivered")
+    e2e = sample("streamproc_end_to_end_seconds_count", source="ticketure")
     parked = Parked()
     await sender(client).send(batches(5), parked)
     assert sim.stats.batches_stored == 5
     assert parked.items == []
-    assert metric("streamproc_deliver_batches_total", outcome="delivered") == delivered + 5
-    assert metric("streamproc_end_to_end_seconds_count", source="ticketure") == e2e + 5
+    assert sample("streamproc_deliver_batches_total", outcome="delivered") == delivered + 5
+    assert sample("streamproc_end_to_end_seconds_count", source="ticketure") == e2e + 5
 
 
 async def test_end_to_end_buckets_each_batch_by_its_own_source_and_time(
@@ -147,7 +148,7 @@ async def test_end_to_end_buckets_each_batch_by_its_own_source_and_time(
     ]
 
     def e2e(kind: str, source: str, **labels: str) -> float:
-        return metric(f"streamproc_end_to_end_seconds_{kind}", source=source, **labels)
+        return sample(f"streamproc_end_to_end_seconds_{kind}", source=source, **labels)
 
     before = {
         (source, le): e2e("bucket", source, le=le)
@@ -188,9 +189,9 @@ async def test_400_splits_and_dead_letters_only_the_bad(
 ) -> None:
     """A 400 is bisected: the bad batches are parked with mParticle's answer, the rest land."""
     parked = Parked()
-    e2e = metric("streamproc_end_to_end_seconds_count", source="ticketure")
+    e2e = sample("streamproc_end_to_end_seconds_count", source="ticketure")
     await sender(client).send(batches(40, bad={3, 27}), parked)
-    assert metric("streamproc_end_to_end_seconds_count", source="ticketure") == e2e + 38
+    assert sample("streamproc_end_to_end_seconds_count", source="ticketure") == e2e + 38
     assert [offset for offset, _, _ in parked.items] == [3, 27]
     assert all(code == "rejected_by_mparticle" for _, code, _ in parked.items)
     assert all("HTTP 400" in r and "environment" in r for _, _, r in parked.items)
@@ -204,14 +205,14 @@ async def test_429_is_retried_and_lowers_the_rate(
     sim: MParticleSim, client: MParticleClient, retry_after: float | None
 ) -> None:
     """429 (with or without Retry-After) is retried until 202, and the rate goes down."""
-    retries = metric("streamproc_deliver_retries_total", reason="rate_limited")
+    retries = sample("streamproc_deliver_retries_total", reason="rate_limited")
     sim.fail_next(429, count=3, retry_after_s=retry_after)
     s = sender(client)
     await s.send(batches(3), Parked())
     assert sim.stats.batches_stored == 3
     assert sim.stats.answers == {"429": 3, "202": 1}
     assert s.limiter.rate < 10_000
-    assert metric("streamproc_deliver_retries_total", reason="rate_limited") == retries + 3
+    assert sample("streamproc_deliver_retries_total", reason="rate_limited") == retries + 3
 
 
 async def test_5xx_is_retried_without_loss(sim: MParticleSim, client: MParticleClient) -> None:
@@ -257,12 +258,12 @@ async def test_auth_failure_pauses_until_credentials_work(
     await wait_for(lambda: sim.stats.answers.get("403", 0) >= 2, 10, 0.01, "403s")
     assert not health.ready()
     assert health.report()[AUTH_COMPONENT]["ready"] is False
-    assert metric("streamproc_deliver_auth_failed") == 1
+    assert sample("streamproc_deliver_auth_failed") == 1
     assert not task.done()
     sim.set_credentials(API_KEY, API_SECRET)
     await asyncio.wait_for(task, 10)
     assert health.ready()
-    assert metric("streamproc_deliver_auth_failed") == 0
+    assert sample("streamproc_deliver_auth_failed") == 0
     assert sim.stats.batches_stored == 3
 
 
@@ -284,13 +285,13 @@ async def test_other_4xx_is_retried_not_dead_lettered(
     sim: MParticleSim, client: MParticleClient
 ) -> None:
     """A 404 (say, a wrong base_url) is not about the batches: retried, nothing parked."""
-    before = metric("streamproc_deliver_retries_total", reason="client_error")
+    before = sample("streamproc_deliver_retries_total", reason="client_error")
     parked = Parked()
     sim.fail_next(404, count=2)
     await sender(client).send(batches(10), parked)
     assert parked.items == []
     assert sim.stats.batches_stored == 10
-    assert metric("streamproc_deliver_retries_total", reason="client_error") == before + 2
+    assert sample("streamproc_deliver_retries_total", reason="client_error") == before + 2
 
 
 async def test_a_huge_retry_after_is_cut_to_the_cap(

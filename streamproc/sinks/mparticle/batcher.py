@@ -18,7 +18,7 @@ from streamproc.formats.mparticle import (
     ACCEPTED_REQUEST_BYTES,
     MAX_BULK_BATCHES,
 )
-from streamproc.sinks.mparticle.offsets import Positioned
+from streamproc.sinks.offsets import Positioned
 
 _VALUE: Callable[[Any], bytes] = attrgetter("value")
 
