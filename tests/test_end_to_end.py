@@ -7,12 +7,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from streamproc import kafka, topics
+from streamproc import topics
 from streamproc.config import (
     MParticleSettings,
     PushSender,
@@ -31,6 +30,7 @@ from streamproc.sim.ticketure import TicketureSim
 from streamproc.topics import Topics
 from tests import localkafka
 from tests.procs import Proc, settings_env, wait_for
+from tests.topics import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -131,12 +131,12 @@ async def test_run_delivers_every_item_exactly_once(
                 str(envelope.header(r.headers, name))
                 for name in (envelope.H_ACCOUNT, envelope.H_ITEM_ID)
             )
-            for r in await read_records(settings, names.ticketmatic, 1)
+            for r in await read_topic(settings, names.ticketmatic)
         ]
         assert sorted(polled) == sorted(tm_items), "the poller wrote an item twice or missed one"
         in_topic = [
             orjson.loads(r.value)["source_request_id"]
-            for r in await read_records(settings, names.batches, len(expected))
+            for r in await read_topic(settings, names.batches)
         ]
         repeated = {sid: n for sid, n in Counter(in_topic).items() if n > 1}
         assert not repeated, f"{len(repeated)} batches written more than once"
@@ -150,24 +150,6 @@ async def test_run_delivers_every_item_exactly_once(
                 assert 0 < event["data"]["timestamp_unixtime_ms"] <= now_ms
         log = run.output()
         assert "Traceback" not in log, log[log.find("Traceback") - 300 :][:3000]
-
-
-async def read_records(settings: Settings, topic: str, at_least: int) -> list[Any]:
-    """Every committed record on ``topic`` (read until idle once ``at_least`` arrived)."""
-    consumer = kafka.consumer(settings.kafka, topic, group_id=None)
-    await consumer.start()
-    ids: list[Any] = []
-    try:
-        idle = 0
-        while idle < 3:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            if not batch and len(ids) >= at_least:
-                idle += 1
-            for records in batch.values():
-                ids += records
-    finally:
-        await consumer.stop()
-    return ids
 
 
 def test_settings_env_round_trips(make_settings: Callable[..., Settings]) -> None:

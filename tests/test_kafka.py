@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -16,29 +15,9 @@ from aiokafka.admin import NewTopic
 from streamproc import kafka, topics
 from streamproc.config import MAX_LETTER_BYTES, Settings
 from streamproc.formats import envelope
+from tests.topics import read_topic
 
 pytestmark = pytest.mark.kafka
-
-
-async def consume_all(
-    settings: Settings, topic: str, expected: int, group: str, timeout_s: float = 20.0
-) -> list[tuple[bytes | None, bytes | None]]:
-    """Read a topic from the start until ``expected`` records arrived (or time runs out)."""
-    consumer = kafka.consumer(settings.kafka, topic, group_id=group)
-    await consumer.start()
-    out: list[tuple[bytes | None, bytes | None]] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(out) < expected and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp in sorted(batch):
-                out += [(m.key, m.value) for m in batch[tp]]
-        # Give stray extra records a moment to show up, so "exactly" is checked too.
-        batch = await consumer.getmany(timeout_ms=500)
-        out += [(m.key, m.value) for msgs in batch.values() for m in msgs]
-    finally:
-        await consumer.stop()
-    return out
 
 
 async def test_produce_consume_round_trip(
@@ -55,16 +34,7 @@ async def test_produce_consume_round_trip(
             )
     finally:
         await producer.stop()
-    consumer = kafka.consumer(kafka_settings.kafka, topic, group_id=unique("g"))
-    await consumer.start()
-    got: list[Any] = []
-    try:
-        while len(got) < 20:
-            batch = await consumer.getmany(timeout_ms=5000)
-            assert batch, "no records within 5 s"
-            got += [m for msgs in batch.values() for m in msgs]
-    finally:
-        await consumer.stop()
+    got = await read_topic(kafka_settings, topic)
     # One key: one partition, in produce order.
     assert [m.value for m in got] == [f"v{i}".encode() for i in range(20)]
     assert [envelope.header(m.headers, envelope.H_ITEM_ID) for m in got] == [
@@ -92,16 +62,7 @@ async def test_producers_compress_with_the_configured_codec(
         partitions = {(await future).partition for future in sent}
     finally:
         await producer.stop()
-    consumer = kafka.consumer(settings, topic, group_id=unique("g"))
-    await consumer.start()
-    got: list[bytes] = []
-    try:
-        while len(got) < len(values):
-            batch = await consumer.getmany(timeout_ms=5000)
-            assert batch, "no records within 5 s"
-            got += [m.value for msgs in batch.values() for m in msgs]
-    finally:
-        await consumer.stop()
+    got = [r.value for r in await read_topic(kafka_settings, topic)]
     assert got == values
     (partition,) = partitions
     on_disk = sum(f.stat().st_size for f in (kafka_log_dirs / f"{topic}-{partition}").glob("*.log"))
@@ -147,8 +108,8 @@ async def test_transaction_commits_output_with_offsets_and_hides_aborted(
         await tx.stop()
         await consumer.stop()
     assert committed == positions
-    out = await consume_all(kafka_settings, names.batches, 10, unique("reader"))
-    values = sorted(v for _, v in out if v is not None)
+    out = await read_topic(kafka_settings, names.batches, 10, quiet_s=0.5)
+    values = sorted(r.value for r in out if r.value is not None)
     assert values == sorted(b"out-in%d" % i for i in range(10))
 
 
@@ -233,20 +194,10 @@ async def test_the_batch_writer_keeps_javas_partitions_and_the_order_per_key(
     finally:
         await producer.stop()
 
-    consumer = kafka.consumer(kafka_settings.kafka, names.batches, group_id=unique("reader"))
-    await consumer.start()
-    got: list[tuple[int, bytes, bytes, str | None]] = []
-    try:
-        while len(got) < len(written) + 1:
-            batch = await consumer.getmany(timeout_ms=5000)
-            assert batch, f"only {len(got)} records within 5 s"
-            for tp, msgs in batch.items():
-                got += [
-                    (tp.partition, m.key, m.value, envelope.header(m.headers, envelope.H_ITEM_ID))
-                    for m in msgs
-                ]
-    finally:
-        await consumer.stop()
+    got = [
+        (r.partition, r.key, r.value, envelope.header(r.headers, envelope.H_ITEM_ID))
+        for r in await read_topic(kafka_settings, names.batches)
+    ]
     assert len(got) == len(written) + 1
     assert (0, b"abc", b"pinned", None) in got
     records = [g for g in got if g[2] != b"pinned"]

@@ -10,22 +10,23 @@ import msgspec
 import pytest
 from aiokafka import TopicPartition
 
-from streamproc import kafka, metrics
+from streamproc import kafka
 from streamproc.config import Settings
 from streamproc.lag import LagMonitor
 from streamproc.topics import Topics, ensure
 from tests import localkafka
+from tests.metrics import sample
 from tests.procs import wait_for
 from tests.transactions import open_transaction
 
 pytestmark = pytest.mark.kafka
 
 HOUR_MS = 3600 * 1000
+STUCK = "streamproc_consumer_stuck_transaction_seconds"
 
 
-def gauge(metric: object, group: str, topic: str, partition: int) -> float:
-    value = metric.labels(group, topic, str(partition))._value.get()  # type: ignore[attr-defined]
-    return float(value)
+def gauge(series: str, group: str, topic: str, partition: int) -> float:
+    return sample(series, group=group, topic=topic, partition=str(partition))
 
 
 async def test_known_lag_then_caught_up(
@@ -60,8 +61,8 @@ async def test_known_lag_then_caught_up(
         assert records == 5
         assert abs(seconds - truth) < 5
         assert abs(headroom - (retention_s - truth)) < 5
-        assert gauge(metrics.CONSUMER_LAG_RECORDS, group, topic, 0) == 5
-        assert abs(gauge(metrics.CONSUMER_LAG_SECONDS, group, topic, 0) - truth) < 5
+        assert gauge("streamproc_consumer_lag_records", group, topic, 0) == 5
+        assert abs(gauge("streamproc_consumer_lag_seconds", group, topic, 0) - truth) < 5
         assert reading[TopicPartition(topic, 1)] == (0, 0.0, retention_s)
 
         # Process them all and commit: the lag returns to 0 and the headroom to the full window.
@@ -71,7 +72,7 @@ async def test_known_lag_then_caught_up(
         await consumer.commit({tp: got[tp][-1].offset + 1})
         records, seconds, headroom = (await monitor.sample())[tp]
         assert (records, seconds, headroom) == (0, 0.0, retention_s)
-        assert gauge(metrics.CONSUMER_LAG_SECONDS, group, topic, 0) == 0
+        assert gauge("streamproc_consumer_lag_seconds", group, topic, 0) == 0
     await consumer.stop()
 
 
@@ -134,7 +135,7 @@ async def test_a_drained_transactional_topic_lags_zero_records(
             end = (await consumer.end_offsets([tp]))[tp]
             assert end > last + 1  # markers and aborted records lie beyond it
             assert (await monitor.sample())[tp][:2] == (0, 0.0)
-            assert gauge(metrics.CONSUMER_LAG_RECORDS, group, topic, 1) == 0
+            assert gauge("streamproc_consumer_lag_records", group, topic, 1) == 0
     finally:
         await consumer.stop()
 
@@ -198,9 +199,9 @@ async def test_a_hanging_transaction_is_seen_and_the_tool_clears_it(
                 await monitor.sample()
                 await asyncio.sleep(2.0)
                 reading = await monitor.sample()
-                stuck = gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 1)
+                stuck = gauge(STUCK, group, topic, 1)
                 assert stuck >= 1.5
-                assert gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 0) == 0
+                assert gauge(STUCK, group, topic, 0) == 0
                 assert reading[stuck_tp][1] >= stuck  # the pinned time counts as lag in s
                 assert reading[free_tp][0] >= 1  # its record (and marker), readable
                 # Kafka's own remedy, shipped with the local broker's jars.
@@ -220,7 +221,7 @@ async def test_a_hanging_transaction_is_seen_and_the_tool_clears_it(
 
 async def _unpinned(monitor: LagMonitor, group: str, topic: str) -> bool:
     await monitor.sample()
-    return gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 1) == 0
+    return gauge(STUCK, group, topic, 1) == 0
 
 
 async def test_a_hanging_transaction_on_a_changelog_is_seen(
@@ -244,8 +245,8 @@ async def test_a_hanging_transaction_on_a_changelog_is_seen(
                 assert await monitor.sample() == {}  # no lag: nothing consumes it as a group
                 await asyncio.sleep(2.0)
                 await monitor.sample()
-                assert gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 1) >= 1.5
-                assert gauge(metrics.CONSUMER_STUCK_TXN, group, topic, 0) == 0
+                assert gauge(STUCK, group, topic, 1) >= 1.5
+                assert gauge(STUCK, group, topic, 0) == 0
                 await hanging.abort()
                 await wait_for(
                     lambda: _unpinned(monitor, group, topic),

@@ -26,7 +26,7 @@ from tests.chaos.operator import Operator
 from tests.chaos.options import Options
 from tests.chaos.stack import Stack
 from tests.chaos.verdict import Verdict
-from tests.test_end_to_end import read_records
+from tests.topics import read_topic
 
 SETTLE_S = 5.0
 
@@ -140,7 +140,7 @@ async def run(options: Options, workdir: Path, token: str) -> Verdict:
                 mp = await mparticle_stats(http, stack.mp_url)
                 tm = await _tm_generated(http, stack.tm_url)
                 dlq = Topics.for_prefix(stack.settings.topic_prefix).dlq
-                dead = len(await read_records(stack.settings, dlq, 0))
+                dead = len(await read_topic(stack.settings, dlq))
             finally:
                 for task in background:
                     task.cancel()

@@ -38,7 +38,7 @@ from tests.fuzz.client import Client
 from tests.fuzz.ledger import Ledger
 from tests.fuzz.requests import SENDERS, Request, request_batches
 from tests.procs import Proc, settings_env
-from tests.sources.ticketure.conftest import read_topic
+from tests.topics import read_topic
 
 MAX_BODY = 16 * 1024
 PROGRESS_EVERY = 10_000

@@ -52,7 +52,7 @@ from tests.mapping.test_record_properties import (
     spliced,
 )
 from tests.procs import Proc, settings_env
-from tests.sources.ticketure.conftest import read_topic
+from tests.topics import read_topic
 
 # Each record carries its case number here: the dead letter keeps the original headers.
 H_CASE = "fuzz_case"

@@ -17,7 +17,6 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
-from prometheus_client import REGISTRY
 
 from streamproc import kafka, topics
 from streamproc.config import MappingSettings, Settings
@@ -27,6 +26,8 @@ from streamproc.formats.ticketure import ENCODER, TicketAttributes, TicketAudit
 from streamproc.mapper.dedupe import parse_changelog_key
 from streamproc.mapper.processor import MapProcessor
 from streamproc.topics import Topics
+from tests import topics as topics_reader
+from tests.metrics import sample
 from tests.procs import wait_for
 
 pytestmark = pytest.mark.kafka
@@ -117,36 +118,14 @@ async def read_topic(
     timeout_s: float = 30.0,
     isolation_level: str = "read_committed",
 ) -> list[Out]:
-    """Every record of ``topic`` from the beginning: until ``expected`` came and 1 s of quiet."""
-    consumer = kafka.consumer(settings.kafka, group_id=None, isolation_level=isolation_level)
-    await consumer.start()
-    out: list[Out] = []
-    try:
-        tps = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        quiet_until = None
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                out += [
-                    Out(
-                        r.partition,
-                        r.offset,
-                        r.key,
-                        r.value,
-                        {k: v.decode() for k, v in r.headers},
-                    )
-                    for r in records
-                ]
-            if len(out) >= expected:
-                quiet_until = quiet_until or time.monotonic() + 1.0
-                if time.monotonic() > quiet_until:
-                    break
-    finally:
-        await consumer.stop()
-    return out
+    """Every record of ``topic`` (:func:`tests.topics.read_topic`), headers decoded."""
+    records = await topics_reader.read_topic(
+        settings, topic, expected, timeout_s=timeout_s, isolation_level=isolation_level
+    )
+    return [
+        Out(r.partition, r.offset, r.key, r.value, {k: v.decode() for k, v in r.headers})
+        for r in records
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -170,10 +149,7 @@ async def running(processor: MapProcessor) -> AsyncIterator[MapProcessor]:
 
 
 def map_count(source: str, item_type: str, outcome: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "streamproc_map_items_total", {"source": source, "type": item_type, "outcome": outcome}
-    )
-    return value or 0.0
+    return sample("streamproc_map_items_total", source=source, type=item_type, outcome=outcome)
 
 
 async def wait_output(settings: Settings, count: int, timeout_s: float = 40.0) -> list[Out]:
@@ -185,19 +161,17 @@ async def wait_output(settings: Settings, count: int, timeout_s: float = 40.0) -
 
 
 def dead_lettered(stage: str, reason: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "streamproc_dead_lettered_total",
-        {"stage": stage, "source": "ticketmatic", "reason": reason},
+    return sample(
+        "streamproc_dead_lettered_total", stage=stage, source="ticketmatic", reason=reason
     )
-    return value or 0.0
 
 
 def dedupe_hits(source: str) -> float:
-    return REGISTRY.get_sample_value("streamproc_dedupe_hits_total", {"source": source}) or 0.0
+    return sample("streamproc_dedupe_hits_total", source=source)
 
 
 def dedupe_size(source: str = "ticketmatic") -> float:
-    return REGISTRY.get_sample_value("streamproc_dedupe_state_size", {"source": source}) or 0.0
+    return sample("streamproc_dedupe_state_size", source=source)
 
 
 def item_ids(out: list[Out]) -> list[str]:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-from prometheus_client import REGISTRY
 
 from streamproc import topics
 from streamproc.config import Settings
@@ -28,6 +27,7 @@ from tests.mapper.test_processor import (
     tm_item,
     wait_output,
 )
+from tests.metrics import value
 from tests.procs import wait_for
 from tests.transactions import open_transaction
 
@@ -37,9 +37,7 @@ STUCK = 1
 
 
 def waiting_s(topic: str, partition: int) -> float | None:
-    return REGISTRY.get_sample_value(
-        "streamproc_map_partition_waiting_seconds", {"topic": topic, "partition": str(partition)}
-    )
+    return value("streamproc_map_partition_waiting_seconds", topic=topic, partition=str(partition))
 
 
 async def test_a_changelog_partition_held_by_an_open_transaction_holds_only_itself(

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
-from streamproc import kafka
 from streamproc.config import Secret, Settings, TicketmaticAccount, TicketmaticSettings
 from streamproc.formats import envelope
 from streamproc.formats.ticketmatic import position_key
 from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sources.ticketmatic.page import H_POLLER
+from tests import topics
 
 
 def tm_settings(
@@ -48,54 +47,8 @@ def tm_settings(
     )
 
 
-class TopicReader:
-    """Reads a topic from the start, ``read_committed``, accumulating what it sees."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        self.settings = settings
-        self.topic = topic
-        self.records: list[ConsumerRecord[bytes, bytes]] = []
-        self._consumer: AIOKafkaConsumer | None = None
-
-    async def __aenter__(self) -> TopicReader:
-        partitions = await topic_partitions(self.settings, self.topic)
-        consumer = kafka.consumer(self.settings.kafka, group_id=None)
-        await consumer.start()
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        self._consumer = consumer
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-    async def read(self, timeout_ms: int = 200) -> int:
-        assert self._consumer is not None
-        batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=10_000)
-        for tp in sorted(batch):
-            self.records += batch[tp]
-        return len(self.records)
-
-    async def until(
-        self, done: Callable[[list[ConsumerRecord[bytes, bytes]]], bool], timeout_s: float
-    ) -> None:
-        """Read until ``done(records)`` (AssertionError after ``timeout_s``)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not done(self.records):
-            if loop.time() > deadline:
-                raise AssertionError(
-                    f"{self.topic}: only {len(self.records)} records after {timeout_s} s"
-                )
-            await self.read()
-
-    async def settle(self, quiet_s: float = 1.0) -> None:
-        """Read on until nothing new arrives for ``quiet_s`` (catches stray extra records)."""
-        before = -1
-        while before != len(self.records):
-            before = len(self.records)
-            await self.read(int(quiet_s * 1000))
+class TopicReader(topics.TopicReader):
+    """The tests' one topic reader, with the item ids of what it read."""
 
     def ids(self, account: str | None = None) -> list[str]:
         return [
@@ -105,15 +58,7 @@ class TopicReader:
         ]
 
 
-async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic``, from the admin client."""
-    admin = kafka.admin(settings.kafka)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    return [TopicPartition(topic, p["partition"]) for p in described[0]["partitions"]]
+topic_partitions = topics.partitions_of
 
 
 def complete(

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from streamproc.config import Settings
 from streamproc.formats.ticketmatic import Cursor, position_key
@@ -24,6 +23,7 @@ from streamproc.sim.ticketmatic import SimAccount, TicketmaticSim
 from streamproc.sources.ticketmatic import cursor as cursors
 from streamproc.sources.ticketmatic.service import PollService
 from streamproc.topics import Topics, ensure
+from tests import metrics
 from tests.procs import wait_for
 from tests.sources.ticketmatic.support import (
     TopicReader,
@@ -43,8 +43,8 @@ VISIBLE_WITHIN_S = REQUEST_TIMEOUT_S + POLL_INTERVAL_S + 1.0
 
 
 def sample(name: str, **labels: str) -> float:
-    """A metric's value as a scrape sees it (0 when the series does not exist yet)."""
-    return REGISTRY.get_sample_value(name, {"account": "acme", **labels}) or 0.0
+    """Account acme's series (0 when it does not exist yet)."""
+    return metrics.sample(name, account="acme", **labels)
 
 
 def hostile_settings(make_settings: Callable[..., Settings], sim: TicketmaticSim) -> Settings:

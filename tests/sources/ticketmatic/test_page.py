@@ -8,13 +8,13 @@ from typing import Any
 import orjson
 import pytest
 
-from streamproc import metrics
 from streamproc.errors import DecodeError
 from streamproc.formats import envelope
 from streamproc.formats.ticketmatic import Cursor
 from streamproc.sources.ticketmatic.client import decode_page
 from streamproc.sources.ticketmatic.page import H_POLLER, PageRecords, build
 from streamproc.topics import Topics
+from tests.metrics import sample
 
 TOPICS = Topics.for_prefix("p.")
 NOW_MS = 1_714_556_000_000  # the "received" clock of these pages: 2024-05-01T09:33:20Z
@@ -169,7 +169,9 @@ def test_skew_within_the_limit_is_accepted() -> None:
 
 def test_broken_items_go_to_the_dead_letter_topic_and_move_the_cursor() -> None:
     """An item without type, or not an object, is dead-lettered with the reason; the rest stay."""
-    before = metrics.DEAD_LETTERED.labels("poll", "ticketmatic", "invalid_item")._value.get()
+    before = sample(
+        "streamproc_dead_lettered_total", stage="poll", source="ticketmatic", reason="invalid_item"
+    )
     no_type = b'{"id":"10-0","ts":"2024-05-01T09:30:00","data":{"ref":"u9"}}'
     no_id = b'{"ts":"2024-05-01T09:30:00","type":"webshop:pageview","data":{}}'
     body = page_of(
@@ -190,7 +192,13 @@ def test_broken_items_go_to_the_dead_letter_topic_and_move_the_cursor() -> None:
     assert built.cursor.id == "11-0"
     # Counted by the poller once the page's transaction commits, not when it is built.
     assert (
-        metrics.DEAD_LETTERED.labels("poll", "ticketmatic", "invalid_item")._value.get() == before
+        sample(
+            "streamproc_dead_lettered_total",
+            stage="poll",
+            source="ticketmatic",
+            reason="invalid_item",
+        )
+        == before
     )
 
 

@@ -10,9 +10,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import orjson
 import pytest
-from prometheus_client import REGISTRY
 
-from streamproc import metrics
 from streamproc.config import Settings
 from streamproc.errors import RateLimited, ServerError
 from streamproc.formats import envelope
@@ -23,6 +21,7 @@ from streamproc.sources.ticketmatic.client import EventstreamClient
 from streamproc.sources.ticketmatic.poller import AccountPoller, Fenced
 from streamproc.sources.ticketmatic.service import PollService
 from streamproc.topics import Topics, ensure
+from tests.metrics import exposed, sample
 from tests.procs import wait_for
 from tests.sources.ticketmatic.support import (
     TopicReader,
@@ -37,18 +36,7 @@ pytestmark = pytest.mark.kafka
 
 ACME = SimAccount("acme", "ak-acme", "sk-acme")
 BETA = SimAccount("beta", "ak-beta", "sk-beta")
-
-
-def count(metric: object, *labels: str) -> float:
-    value: float = metric.labels(*labels)._value.get()  # type: ignore[attr-defined]
-    return value
-
-
-def gauge(name: str, account: str) -> float:
-    """A gauge's value as a scrape sees it (the lag gauges are read at scrape time)."""
-    value = REGISTRY.get_sample_value(name, {"account": account})
-    assert value is not None, f"{name}{{account={account!r}}} is not exposed"
-    return value
+PARKED = "streamproc_dead_lettered_total"
 
 
 async def run_service(settings: Settings, stop: asyncio.Event) -> asyncio.Task[None]:
@@ -83,7 +71,7 @@ async def test_drains_a_backlog_exactly_once(make_settings: Callable[..., Settin
         settings = tm_settings(make_settings, sim, [ACME, BETA], basic=["beta"])
         await ensure(settings)
         names = Topics.for_prefix(settings.topic_prefix)
-        items_before = count(metrics.TM_ITEMS, "acme")
+        items_before = sample("streamproc_ticketmatic_items_total", account="acme")
         stop = asyncio.Event()
         task = await run_service(settings, stop)
         async with TopicReader(settings, names.ticketmatic) as reader:
@@ -94,11 +82,11 @@ async def test_drains_a_backlog_exactly_once(make_settings: Callable[..., Settin
             await task
             await reader.settle()
         assert_exactly_once_in_order(reader.records, sim, ["acme", "beta"])
-        assert count(metrics.TM_ITEMS, "acme") - items_before == 507
+        assert sample("streamproc_ticketmatic_items_total", account="acme") - items_before == 507
         # Caught up: the lag is the time since the last poll that found nothing more.
-        lag = gauge("streamproc_ticketmatic_lag_seconds", "acme")
+        lag = exposed("streamproc_ticketmatic_lag_seconds", account="acme")
         assert 0 <= lag < 5
-        headroom = gauge("streamproc_ticketmatic_retention_headroom_seconds", "acme")
+        headroom = exposed("streamproc_ticketmatic_retention_headroom_seconds", account="acme")
         assert headroom == pytest.approx(settings.ticketmatic.retention_s - lag, abs=1)
         parts = await topic_partitions(settings, names.cursors)
         saved = await cursors.restore(settings, names.cursors, [tp.partition for tp in parts])
@@ -121,12 +109,10 @@ async def test_faults_are_survived_and_bad_items_parked(
         await ensure(settings)
         names = Topics.for_prefix(settings.topic_prefix)
         before = {
-            o: count(metrics.TM_POLLS, "acme", o)
+            o: sample("streamproc_ticketmatic_polls_total", account="acme", outcome=o)
             for o in ("rate_limited", "server_error", "malformed")
         }
-        parked_before = metrics.DEAD_LETTERED.labels(
-            "poll", "ticketmatic", "invalid_item"
-        )._value.get()
+        parked_before = sample(PARKED, stage="poll", source="ticketmatic", reason="invalid_item")
         stop = asyncio.Event()
         task = await run_service(settings, stop)
         broken_id = sim.items("acme")[60][0]
@@ -145,11 +131,23 @@ async def test_faults_are_survived_and_bad_items_parked(
         assert (envelope.header(letter.headers, envelope.H_REASON) or "").startswith(
             "invalid_item: "
         )
-        assert count(metrics.TM_POLLS, "acme", "rate_limited") - before["rate_limited"] == 3
-        assert count(metrics.TM_POLLS, "acme", "server_error") - before["server_error"] == 3
-        assert count(metrics.TM_POLLS, "acme", "malformed") - before["malformed"] == 1
+        assert (
+            sample("streamproc_ticketmatic_polls_total", account="acme", outcome="rate_limited")
+            - before["rate_limited"]
+            == 3
+        )
+        assert (
+            sample("streamproc_ticketmatic_polls_total", account="acme", outcome="server_error")
+            - before["server_error"]
+            == 3
+        )
+        assert (
+            sample("streamproc_ticketmatic_polls_total", account="acme", outcome="malformed")
+            - before["malformed"]
+            == 1
+        )
         # Counted once its page's transaction committed.
-        parked = metrics.DEAD_LETTERED.labels("poll", "ticketmatic", "invalid_item")._value.get()
+        parked = sample(PARKED, stage="poll", source="ticketmatic", reason="invalid_item")
         assert parked - parked_before == 1
 
 
@@ -163,7 +161,7 @@ async def test_refused_credentials_do_not_hold_up_another_account(
         sim.generate("beta", 10)
         settings = tm_settings(make_settings, sim, [ACME, wrong])
         await ensure(settings)
-        before = count(metrics.TM_POLLS, "beta", "auth_error")
+        before = sample("streamproc_ticketmatic_polls_total", account="beta", outcome="auth_error")
         stop = asyncio.Event()
         task = await run_service(settings, stop)
         async with TopicReader(
@@ -171,7 +169,13 @@ async def test_refused_credentials_do_not_hold_up_another_account(
         ) as reader:
             await reader.until(complete(sim, ["acme"]), timeout_s=45)
             await wait_for(
-                lambda: count(metrics.TM_POLLS, "beta", "auth_error") - before >= 2,
+                lambda: (
+                    sample(
+                        "streamproc_ticketmatic_polls_total", account="beta", outcome="auth_error"
+                    )
+                    - before
+                    >= 2
+                ),
                 what="two refused polls of beta",
             )
             stop.set()
@@ -196,15 +200,17 @@ async def test_retention_gap_is_detected_and_counted(
         settings = tm_settings(make_settings, sim, [ACME], retention_s=2.0, retry_after_max_s=1.0)
         await ensure(settings)
         topic = Topics.for_prefix(settings.topic_prefix).ticketmatic
-        gaps = count(metrics.TM_GAPS, "acme")
-        gap_s = count(metrics.TM_GAP_SECONDS, "acme")
+        gaps = sample("streamproc_ticketmatic_retention_gaps_total", account="acme")
+        gap_s = sample("streamproc_ticketmatic_retention_gap_seconds_total", account="acme")
         async with TopicReader(settings, topic) as reader:
             stop = asyncio.Event()
             task = await run_service(settings, stop)
             await reader.until(complete(sim, ["acme"]), timeout_s=30)
             stop.set()
             await task
-            assert count(metrics.TM_GAPS, "acme") == gaps  # no gap while it kept up
+            assert (
+                sample("streamproc_ticketmatic_retention_gaps_total", account="acme") == gaps
+            )  # no gap while it kept up
             await asyncio.sleep(3.5)  # the poller is down for longer than the retention
             fresh = sim.generate("acme", 5)
             assert sim.stats()["acme"]["dropped"] == 20
@@ -213,8 +219,11 @@ async def test_retention_gap_is_detected_and_counted(
             await reader.until(lambda rs: set(fresh) <= set(reader.ids()), timeout_s=30)
             stop.set()
             await task
-        assert count(metrics.TM_GAPS, "acme") == gaps + 1
-        assert count(metrics.TM_GAP_SECONDS, "acme") - gap_s >= 1.0
+        assert sample("streamproc_ticketmatic_retention_gaps_total", account="acme") == gaps + 1
+        assert (
+            sample("streamproc_ticketmatic_retention_gap_seconds_total", account="acme") - gap_s
+            >= 1.0
+        )
         assert len(reader.ids()) == 25
     assert any("DATA LOSS" in r.getMessage() and "acme" in r.getMessage() for r in caplog.records)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,11 +11,9 @@ import aiohttp
 import msgspec
 import pytest
 import pytest_asyncio
-from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 from jsonschema import Draft7Validator, Draft202012Validator
 
-from streamproc import kafka, topics
+from streamproc import topics
 from streamproc.config import PushSender, ReceiverSettings, Secret, Settings
 from streamproc.schemas import load_schema
 from streamproc.sources.ticketure.receiver import Receiver
@@ -52,29 +49,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A client session for requests to the receiver."""
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def read_topic(
-    settings: Settings, topic: str, timeout_s: float = 20.0
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``topic`` acknowledged before the call, in partition order."""
-    consumer = kafka.consumer(settings.kafka, group_id=None)
-    await consumer.start()
-    out: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        # Every topic of a test prefix has the configured partition count (topics.ensure).
-        partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            assert asyncio.get_running_loop().time() < deadline, f"{topic} not read in time"
-            batch = await consumer.getmany(timeout_ms=200)
-            out += [m for tp in sorted(batch) for m in batch[tp]]
-    finally:
-        await consumer.stop()
-    return out
 
 
 def topic_names(settings: Settings) -> topics.Topics:

@@ -16,7 +16,8 @@ from streamproc.formats import envelope
 from streamproc.sim.ticketure import TicketureSim
 from tests import localkafka
 from tests.procs import Proc, settings_env, wait_for
-from tests.sources.ticketure.conftest import KEY, SECRET, read_topic, topic_names
+from tests.sources.ticketure.conftest import KEY, SECRET, topic_names
+from tests.topics import read_topic
 
 pytestmark = pytest.mark.kafka
 

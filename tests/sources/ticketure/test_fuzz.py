@@ -29,7 +29,8 @@ from tests import localkafka
 from tests.fuzz.client import Client
 from tests.fuzz.ledger import Ledger
 from tests.fuzz.requests import SENDERS, Request, requests
-from tests.sources.ticketure.conftest import read_topic, topic_names
+from tests.sources.ticketure.conftest import topic_names
+from tests.topics import read_topic
 
 pytestmark = pytest.mark.kafka
 

@@ -21,7 +21,8 @@ from streamproc.sim.ticketure import TicketureSim
 from streamproc.sources.ticketure.receiver import Receiver
 from tests import localkafka
 from tests.procs import wait_for
-from tests.sources.ticketure.conftest import KEY, SECRET, read_topic, receiver_settings
+from tests.sources.ticketure.conftest import KEY, SECRET, receiver_settings
+from tests.topics import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

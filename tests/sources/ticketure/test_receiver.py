@@ -8,7 +8,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from prometheus_client import REGISTRY
 
 from streamproc.config import KafkaSettings, Settings
 from streamproc.formats import envelope
@@ -18,15 +17,16 @@ from streamproc.sources.ticketure.audit_shape import Accepted
 from streamproc.sources.ticketure.receiver import Receiver
 from streamproc.sources.ticketure.writer import RecordTooLarge
 from tests import localkafka
+from tests.metrics import sample
 from tests.sources.ticketure.conftest import (
     HMAC_SECRET,
     KEY,
     SECRET,
-    read_topic,
     receiver_settings,
     topic_names,
 )
 from tests.sources.ticketure.test_shapes import mp_batch, mp_payment, mp_ticket, ticket
+from tests.topics import read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -40,10 +40,6 @@ def signed(body: bytes) -> dict[str, str]:
     }
 
 
-def metric(series: str, /, **labels: str) -> float:
-    return REGISTRY.get_sample_value(series, labels) or 0.0
-
-
 async def post(
     http: aiohttp.ClientSession, rx: Receiver, path: str, body: Any, headers: dict[str, str]
 ) -> tuple[int, dict[str, str], bytes]:
@@ -55,7 +51,7 @@ async def test_records_are_acknowledged_once_in_kafka_with_key_and_headers(
     receiver: Receiver, rx_settings: Settings, http: aiohttp.ClientSession
 ) -> None:
     """A 202 lists item ids; Kafka holds each record keyed by order, with every header."""
-    before = metric("streamproc_items_in_total", source="ticketure")
+    before = sample("streamproc_items_in_total", source="ticketure")
     gateway = {
         "type": "gateway_audit",
         "action": "refund",
@@ -85,14 +81,14 @@ async def test_records_are_acknowledged_once_in_kafka_with_key_and_headers(
     assert second.key == b"cart-9"
     assert envelope.header(second.headers, envelope.H_ITEM_TIME) == "1746087360000"
     assert RECORD_DECODER.decode(second.value).event_id == item_ids[1]
-    assert metric("streamproc_items_in_total", source="ticketure") == before + 2
+    assert sample("streamproc_items_in_total", source="ticketure") == before + 2
 
 
 async def test_mparticle_routes_take_batches_signed_or_basic(
     receiver: Receiver, rx_settings: Settings, http: aiohttp.ClientSession
 ) -> None:
     """/v2/events and /v2/bulkevents answer 202 and write the Ticketure events they hold."""
-    skipped_before = metric(
+    skipped_before = sample(
         "streamproc_items_rejected_total", source="ticketure", reason="unsupported_event"
     )
     one = orjson.dumps(mp_batch(mp_ticket(source_message_id="m-1")))
@@ -115,7 +111,7 @@ async def test_mparticle_routes_take_batches_signed_or_basic(
     }
     assert senders == {"m-1": "signed", "m-2": "ticketure"}
     assert (
-        metric("streamproc_items_rejected_total", source="ticketure", reason="unsupported_event")
+        sample("streamproc_items_rejected_total", source="ticketure", reason="unsupported_event")
         == skipped_before + 1
     )
 
@@ -171,7 +167,7 @@ async def test_every_refusal_answers_its_status_and_writes_no_record(
     field: str | None,
 ) -> None:
     """400/401/403/413/415 carry mParticle's error body; no record reaches the topic."""
-    before = metric("streamproc_receiver_requests_total", route=path, status=str(status))
+    before = sample("streamproc_receiver_requests_total", route=path, status=str(status))
     data = chunks(128 * 1024) if body == "chunked" else body
     got, answer_headers, answer = await post(http, receiver, path, data, headers)
     assert got == status
@@ -184,7 +180,7 @@ async def test_every_refusal_answers_its_status_and_writes_no_record(
         assert answer_headers["WWW-Authenticate"].startswith("Basic")
     if status == 403:
         assert error["message"] == "credentials not accepted"
-    assert metric("streamproc_receiver_requests_total", route=path, status=str(status)) == (
+    assert sample("streamproc_receiver_requests_total", route=path, status=str(status)) == (
         before + 1
     )
     assert await read_topic(rx_settings, topic_names(rx_settings).ticketure) == []
@@ -253,7 +249,7 @@ async def test_a_refused_push_kafka_cannot_keep_is_answered_503(
         return False
 
     monkeypatch.setattr(receiver.writer, "dead_letter", refused)
-    before = metric(
+    before = sample(
         "streamproc_dead_lettered_total", stage="receive", source="ticketure", reason="invalid"
     )
     bad = orjson.dumps(ticket(occurred_at="yesterday"))
@@ -261,7 +257,7 @@ async def test_a_refused_push_kafka_cannot_keep_is_answered_503(
     assert got == 503
     assert "Retry-After" in answer_headers
     assert (
-        metric(
+        sample(
             "streamproc_dead_lettered_total", stage="receive", source="ticketure", reason="invalid"
         )
         == before
@@ -300,7 +296,7 @@ async def test_kafka_unreachable_answers_503_and_is_not_ready(
     ) as rx:
         assert not rx.health.ready()
         assert rx.health.report()["receiver.kafka"]["ready"] is False
-        before = metric("streamproc_items_rejected_total", source="ticketure", reason="unavailable")
+        before = sample("streamproc_items_rejected_total", source="ticketure", reason="unavailable")
         status, headers, answer = await post(
             http, rx, "/ticketure/events", orjson.dumps(ticket()), BASIC
         )
@@ -308,7 +304,7 @@ async def test_kafka_unreachable_answers_503_and_is_not_ready(
         assert headers["Retry-After"] == "1"
         assert orjson.loads(answer)["errors"][0]["code"] == "SERVICE_UNAVAILABLE"
         assert (
-            metric("streamproc_items_rejected_total", source="ticketure", reason="unavailable")
+            sample("streamproc_items_rejected_total", source="ticketure", reason="unavailable")
             == before + 1
         )
         assert (await post(http, rx, "/ticketure/events", b"[]", BASIC))[0] == 503

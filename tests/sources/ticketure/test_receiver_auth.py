@@ -18,17 +18,18 @@ from streamproc.formats import envelope
 from streamproc.sim.credentials import basic, push_signature
 from streamproc.sim.ticketure import TicketureSim
 from streamproc.sources.ticketure.receiver import Receiver
+from tests.metrics import sample
 from tests.sources.ticketure.conftest import (
     HMAC_SECRET,
     KEY,
     SENDERS,
-    read_topic,
     receiver_settings,
     topic_names,
 )
 from tests.sources.ticketure.rawhttp import Conn, head
-from tests.sources.ticketure.test_receiver import metric, post
+from tests.sources.ticketure.test_receiver import post
 from tests.sources.ticketure.test_shapes import ticket
+from tests.topics import read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -80,7 +81,7 @@ async def test_unauthenticated_body_reads_are_capped(guarded: Receiver) -> None:
     once they are gone, a signed push is taken."""
     body = orjson.dumps(ticket(event_id="after-the-cap"))
     signature = {"X-Signature-SHA256": push_signature(HMAC_SECRET, body), **JSON}
-    before = metric("streamproc_items_rejected_total", source="ticketure", reason="busy")
+    before = sample("streamproc_items_rejected_total", source="ticketure", reason="busy")
     holders = [await Conn.open(guarded.port) for _ in range(2)]
     try:
         for conn in holders:  # a well-formed signature, then the body never comes
@@ -91,7 +92,7 @@ async def test_unauthenticated_body_reads_are_capped(guarded: Receiver) -> None:
         status, headers, _ = await third.answer(timeout_s=2.0)
         third.close()
         assert (status, headers["retry-after"]) == (429, "1")
-        assert metric("streamproc_items_rejected_total", source="ticketure", reason="busy") == (
+        assert sample("streamproc_items_rejected_total", source="ticketure", reason="busy") == (
             before + 1
         )
     finally:

@@ -13,9 +13,11 @@ from streamproc.formats import envelope
 from streamproc.formats.ticketure import RECORD_DECODER, TicketAudit
 from streamproc.sources.ticketure.receiver import Receiver
 from streamproc.sources.ticketure.writer import RecordTooLarge
-from tests.sources.ticketure.conftest import read_topic, topic_names
-from tests.sources.ticketure.test_receiver import BASIC, metric, post, signed
+from tests.metrics import sample
+from tests.sources.ticketure.conftest import topic_names
+from tests.sources.ticketure.test_receiver import BASIC, post, signed
 from tests.sources.ticketure.test_shapes import mp_batch, mp_payment, mp_ticket, ticket
+from tests.topics import read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -78,7 +80,7 @@ async def test_bodies_that_were_500s_are_400s_and_dead_lettered(
 ) -> None:
     """Invalid UTF-8 in an event's data and nesting 1,000 deep answer 400 naming the field,
     and the body is in the DLQ with the reason (they were 500s, nothing parked)."""
-    dead_before = metric(
+    dead_before = sample(
         "streamproc_dead_lettered_total", stage="receive", source="ticketure", reason=code
     )
     status, _, answer = await post(http, receiver, route, body, signed(body))
@@ -91,7 +93,7 @@ async def test_bodies_that_were_500s_are_400s_and_dead_lettered(
     assert reason.startswith(f"{code}: {field}: ")
     assert envelope.header(letter.headers, envelope.H_SENDER) == "signed"
     assert envelope.header(letter.headers, "route") == route
-    assert metric(
+    assert sample(
         "streamproc_dead_lettered_total", stage="receive", source="ticketure", reason=code
     ) == (dead_before + 1)
     assert await read_topic(rx_settings, topic_names(rx_settings).ticketure) == []
@@ -125,7 +127,7 @@ async def test_unknown_attributes_are_accepted_on_both_routes_counted_and_kept(
     """An attribute Ticketure might add tomorrow is a 202 on /ticketure/events (it was a
     400) and on /v2/events (it was dropped): kept on the record, counted by name."""
     names = ("seat_row", "loyalty_tier")
-    before = {n: metric("streamproc_receiver_unknown_attributes_total", name=n) for n in names}
+    before = {n: sample("streamproc_receiver_unknown_attributes_total", name=n) for n in names}
     ours = orjson.dumps(ticket(event_id="e-ours", attributes={"seat_row": "F", "price_paid": 2}))
     assert (await post(http, receiver, "/ticketure/events", ours, BASIC))[0] == 202
     custom = {"seat_row": "G", "loyalty_tier": True, "price_paid": "3.00"}
@@ -148,7 +150,7 @@ async def test_unknown_attributes_are_accepted_on_both_routes_counted_and_kept(
     assert by_id["e-pay"].unknown_attributes is None
     payment_value = next(r.value for r in records if b"e-pay" in r.value)
     assert b"unknown_attributes" not in payment_value  # as records were before the field
-    after = {n: metric("streamproc_receiver_unknown_attributes_total", name=n) for n in names}
+    after = {n: sample("streamproc_receiver_unknown_attributes_total", name=n) for n in names}
     assert after == {"seat_row": before["seat_row"] + 2, "loyalty_tier": before["loyalty_tier"] + 1}
 
 

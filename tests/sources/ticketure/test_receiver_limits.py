@@ -21,10 +21,11 @@ from streamproc.config import Settings
 from streamproc.sources.ticketure import connections
 from streamproc.sources.ticketure.receiver import Receiver
 from tests import localkafka
+from tests.metrics import sample
 from tests.procs import settings_env, wait_for
 from tests.sources.ticketure.conftest import receiver_settings
 from tests.sources.ticketure.rawhttp import Conn, head
-from tests.sources.ticketure.test_receiver import BASIC, metric, post
+from tests.sources.ticketure.test_receiver import BASIC, post
 from tests.sources.ticketure.test_shapes import ticket
 
 pytestmark = pytest.mark.kafka
@@ -34,7 +35,7 @@ SLACK_S = 1.5  # timers, a loaded machine
 
 
 def dropped(reason: str) -> float:
-    return metric("streamproc_receiver_connections_dropped_total", reason=reason)
+    return sample("streamproc_receiver_connections_dropped_total", reason=reason)
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -62,7 +63,7 @@ async def test_slow_clients_are_closed_in_time_while_pushes_go_on(quick: Receive
     pushes meanwhile get 202s; each bad one is closed within its timeout (header 1 s, body
     1 s with a 408, keep-alive 2 s), counted by reason; none is left open."""
     port = quick.port
-    open_before = metric("streamproc_receiver_connections")
+    open_before = sample("streamproc_receiver_connections")
     header_before, body_before = dropped("header_timeout"), dropped("body_timeout")
     started = time.monotonic()
     silent = [await Conn.open(port) for _ in range(100)]
@@ -111,7 +112,7 @@ async def test_slow_clients_are_closed_in_time_while_pushes_go_on(quick: Receive
     assert max(closed) < float("inf"), f"{closed.count(float('inf'))} connections left open"
     assert dropped("header_timeout") == header_before + 200
     assert dropped("body_timeout") == body_before + 50
-    await wait_for(lambda: metric("streamproc_receiver_connections") <= open_before, 5)
+    await wait_for(lambda: sample("streamproc_receiver_connections") <= open_before, 5)
 
 
 async def test_past_max_connections_a_new_one_replaces_an_idle_or_slow_one_else_503(

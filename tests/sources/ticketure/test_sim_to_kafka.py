@@ -12,7 +12,8 @@ from streamproc.formats import envelope
 from streamproc.formats.ticketure import RECORD_DECODER
 from streamproc.sim.ticketure import TicketureSim
 from streamproc.sources.ticketure.receiver import Receiver
-from tests.sources.ticketure.conftest import HMAC_SECRET, KEY, SECRET, read_topic, topic_names
+from tests.sources.ticketure.conftest import HMAC_SECRET, KEY, SECRET, topic_names
+from tests.topics import read_topic
 
 pytestmark = pytest.mark.kafka
 
