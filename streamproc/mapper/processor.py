@@ -43,7 +43,6 @@ and ``/readyz`` names it with the reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -54,7 +53,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
 from streamproc import kafka, metrics, topics
-from streamproc.backoff import Backoff
 from streamproc.config import Settings
 from streamproc.errors import ConfigError
 from streamproc.formats.envelope import Source
@@ -62,6 +60,7 @@ from streamproc.health import Health
 from streamproc.lag import Watch
 from streamproc.lifecycle import Service, cancel_and_wait
 from streamproc.mapper.dedupe import DedupeState, restore
+from streamproc.mapper.setups import SetUpSchedule, name
 from streamproc.mapper.transaction import Hook, Mapper, Part, Transactor
 from streamproc.mapping.router import MappingContext, map_record
 from streamproc.topics import Topics
@@ -111,8 +110,6 @@ class MapProcessor(Service):
         self._shutdown_timeout_s = shutdown_timeout_s
         self._restore_timeout_s = restore_timeout_s
         self._fence_backoff_s = fence_backoff_s
-        self._backoff = (backoff_base_s, backoff_cap_s)
-        self._retry_timeout_s = retry_timeout_s
         self._txn_timeout_s = settings.kafka.transaction_timeout_ms / 1000
         self._consumer_options = dict(consumer_options or {})
         # Input topic -> the source its items come from (the dedupe size is per source).
@@ -122,10 +119,12 @@ class MapProcessor(Service):
         }
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: dict[TopicPartition, Part] = {}
-        self._pending: dict[TopicPartition, float] = {}  # to set up, not before (monotonic)
-        self._failing: dict[TopicPartition, tuple[float, Backoff]] = {}
+        self._schedule = SetUpSchedule(
+            backoff_base_s=backoff_base_s,
+            backoff_cap_s=backoff_cap_s,
+            retry_timeout_s=retry_timeout_s,
+        )
         self._setting_up: dict[int, asyncio.Task[None]] = {}  # changelog partition: set-up
-        self._waiting: dict[TopicPartition, tuple[float, str]] = {}  # since, last reason
         self._generation = 0
         self._fatal: BaseException | None = None
         self.fenced = 0  # commits refused because another producer took the partition over
@@ -154,7 +153,7 @@ class MapProcessor(Service):
             raise
         self._consumer = consumer
         self.health.set(COMPONENT, False, "joining the consumer group")
-        self.health.watch(f"{COMPONENT} partitions", self._waiting_reason)
+        self.health.watch(f"{COMPONENT} partitions", self._schedule.reason)
 
     async def stop(self) -> None:
         """Finish (or after ``shutdown_timeout_s`` abort) open transactions, leave the group."""
@@ -163,11 +162,11 @@ class MapProcessor(Service):
             return
         parts = list(self._parts.values())
         self._parts.clear()
-        self._pending.clear()
+        self._schedule.cancel()
         await self._stop_set_ups()
         await self._release(parts, self._shutdown_timeout_s, cancel=True)
         await consumer.stop()  # leaves the group: the partitions move at once
-        self._forget_waiting(set(self._waiting))
+        self._schedule.forget()
         self.health.forget(f"{COMPONENT} partitions")
         for source in self._sources.values():
             metrics.DEDUPE_SIZE.labels(source).set(0)
@@ -212,25 +211,21 @@ class MapProcessor(Service):
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         self._generation += 1
-        self._pending.clear()
+        self._schedule.cancel()
         await self._stop_set_ups()
         parts = [p for tp in revoked if (p := self._parts.pop(tp, None)) is not None]
         await self._release(parts, self._revoke_timeout_s)
-        self._forget_waiting(revoked)
+        self._schedule.forget(revoked)
         self._update_size()
 
     def _assigned(self, assigned: set[TopicPartition]) -> None:
-        self._failing.clear()
         # Nothing is read until the partition's producer has fenced the previous owner and
         # its state is restored (in run()): pause now, seek and resume after the set-up.
         self._generation += 1
         consumer = self._consumer
         if consumer is not None and assigned:
             consumer.pause(*assigned)
-        now = time.monotonic()
-        self._pending = dict.fromkeys(assigned, now)
-        for tp in assigned:
-            self._wait(tp, "restoring dedupe state")
+        self._schedule.assigned(assigned, "restoring dedupe state")
         if assigned:
             self.health.set(COMPONENT, True, "")
         else:
@@ -241,14 +236,7 @@ class MapProcessor(Service):
     def _start_set_ups(self) -> None:
         """Start the set-up of every partition due, one task per changelog partition (the
         input partitions of both sources with one number share one changelog partition)."""
-        now = time.monotonic()
-        due: dict[int, list[TopicPartition]] = {}
-        for tp, when in self._pending.items():
-            if when <= now and tp.partition not in self._setting_up:
-                due.setdefault(tp.partition, []).append(tp)
-        for number, tps in due.items():
-            for tp in tps:
-                del self._pending[tp]
+        for number, tps in self._schedule.take_due(set(self._setting_up)).items():
             task = asyncio.create_task(self._set_up(number, tps), name=f"map-set-up-{number}")
             self._setting_up[number] = task
 
@@ -293,7 +281,7 @@ class MapProcessor(Service):
                 return  # else a rebalance happened meanwhile; its own set-up is pending
             if generation == self._generation:
                 for tp in parts:
-                    self._retry_later(tp, failure, fatal=False)
+                    self._schedule.retry_later(tp, failure, fatal=False)
         finally:
             self._setting_up.pop(number, None)
             await _close_quietly(p.producer for p in parts.values())
@@ -311,15 +299,12 @@ class MapProcessor(Service):
             part.state = states[(part.source, tp.partition)]
             consumer.seek(tp, committed[tp])
             self._parts[tp] = part
-            self._pending.pop(tp, None)
-            self._failing.pop(tp, None)
-            self._waiting.pop(tp, None)
-            metrics.MAP_PARTITION_WAITING.labels(tp.topic, str(tp.partition)).set_function(_zero)
+            self._schedule.owned(tp)
         if parts:
             consumer.resume(*parts)
             log.info(
                 "map: own %s (dedupe state: %d ids, restored in %.2f s)",
-                ", ".join(_name(tp) for tp in parts),
+                ", ".join(name(tp) for tp in parts),
                 sum(p.state.size for p in parts.values() if p.state is not None),
                 time.monotonic() - started,
             )
@@ -360,34 +345,6 @@ class MapProcessor(Service):
         if missing:
             committed.update(await consumer.beginning_offsets(missing))
         return states, {tp: offset for tp, offset in committed.items() if offset is not None}
-
-    # --- partitions waiting to be set up --------------------------------------------------
-
-    def _wait(self, tp: TopicPartition, reason: str) -> None:
-        """Note that ``tp`` waits to be set up (since the first call, until owned)."""
-        since = self._waiting.get(tp, (time.monotonic(), ""))[0]
-        self._waiting[tp] = (since, reason)
-        metrics.MAP_PARTITION_WAITING.labels(tp.topic, str(tp.partition)).set_function(
-            functools.partial(_since, since)
-        )
-
-    def _forget_waiting(self, tps: set[TopicPartition]) -> None:
-        for tp in tps:
-            self._waiting.pop(tp, None)
-            with contextlib.suppress(KeyError):  # never waited in this process
-                metrics.MAP_PARTITION_WAITING.remove(tp.topic, str(tp.partition))
-
-    def _waiting_reason(self) -> str | None:
-        """``/readyz``'s reason while a partition is not set up (None when all are): the
-        longest-waiting partitions by name, how long, and the latest reason of the first."""
-        if not self._waiting:
-            return None
-        now = time.monotonic()
-        oldest = sorted(self._waiting.items(), key=lambda item: (item[1][0], _name(item[0])))
-        since, why = oldest[0][1]
-        named = ", ".join(_name(tp) for tp, _ in oldest[:_NAMED])
-        more = f" and {len(oldest) - _NAMED} more" if len(oldest) > _NAMED else ""
-        return f"{named}{more} not set up for {now - since:.0f} s: {why}"[:300]
 
     def _new_state(self) -> DedupeState:
         return DedupeState(self._window_ms)
@@ -456,13 +413,13 @@ class MapProcessor(Service):
                 except (KafkaError, OSError, TimeoutError) as exc:
                     await self._failed(part, exc)
                     return
-                self._failing.pop(part.tp, None)
+                self._schedule.succeeded(part.tp)
                 if part.paused and part.active and len(part.queue) < self._txn_max:
                     part.paused = False
                     if self._consumer is not None:
                         self._consumer.resume(part.tp)
         except Exception as exc:
-            log.exception("map: unexpected error on %s", _name(part.tp))
+            log.exception("map: unexpected error on %s", name(part.tp))
             self._fatal = exc
         finally:
             part.task = None
@@ -479,14 +436,14 @@ class MapProcessor(Service):
         part.queue.clear()
         if fenced:
             self.fenced += 1
-            log.warning("map: %s: fenced, another consumer owns it now", _name(tp))
+            log.warning("map: %s: fenced, another consumer owns it now", name(tp))
         else:
-            log.warning("map: %s: transaction failed (%r); aborting", _name(tp), exc)
+            log.warning("map: %s: transaction failed (%r); aborting", name(tp), exc)
             try:
                 await asyncio.wait_for(kafka.abort(part.producer), timeout=5.0)
             except (KafkaError, TimeoutError) as abort_exc:
                 log.info(
-                    "map: %s: abort failed (%r), the next producer aborts it", _name(tp), abort_exc
+                    "map: %s: abort failed (%r), the next producer aborts it", name(tp), abort_exc
                 )
         await part.producer.stop()
         if not current:
@@ -497,28 +454,9 @@ class MapProcessor(Service):
         if consumer is None or tp not in consumer.assignment():
             return
         consumer.pause(tp)
-        self._retry_later(tp, exc, self._fence_backoff_s if fenced else None)
-
-    def _retry_later(
-        self,
-        tp: TopicPartition,
-        exc: BaseException,
-        delay: float | None = None,
-        *,
-        fatal: bool = True,
-    ) -> None:
-        """Set ``tp`` up again after a backoff; ``fatal``: give up past ``retry_timeout_s``."""
-        now = time.monotonic()
-        since, backoff = self._failing.setdefault(tp, (now, Backoff(*self._backoff)))
-        if fatal and now - since > self._retry_timeout_s:
+        delay = self._fence_backoff_s if fenced else None
+        if not self._schedule.retry_later(tp, exc, delay, fatal=True):
             self._fatal = exc
-            log.error("map: %s failing for %.0f s, giving up: %r", _name(tp), now - since, exc)
-            return
-        wait = backoff.next() if delay is None else delay
-        self._pending[tp] = now + wait
-        self._wait(tp, f"{exc!r}")
-        if not fatal:
-            log.warning("map: %s not set up (%s); again in %.1f s", _name(tp), _short(exc), wait)
 
     def _update_size(self) -> None:
         # One state per input partition: the input topic says whose ids it holds.
@@ -530,24 +468,7 @@ class MapProcessor(Service):
             metrics.DEDUPE_SIZE.labels(source).set(size)
 
 
-_NAMED = 4  # partitions named in the readiness reason
 _BACKSTOP_S = 1.0  # past restore_timeout_s, before a hanging set-up step is cancelled
-
-
-def _name(tp: TopicPartition) -> str:
-    return f"{tp.topic}[{tp.partition}]"
-
-
-def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]
-
-
-def _since(start: float) -> float:
-    return time.monotonic() - start
-
-
-def _zero() -> float:
-    return 0.0
 
 
 async def _close_quietly(producers: Iterable[AIOKafkaProducer], timeout_s: float = 5.0) -> None:
