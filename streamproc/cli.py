@@ -176,7 +176,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(f"streamproc: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, debug_loggers=settings.debug_loggers)
     for warning in config.unknown_variables():
         logging.getLogger("streamproc.config").warning("%s", warning)
     try:
@@ -199,11 +199,28 @@ def _main(argv: Sequence[str] | None) -> int:
     return code
 
 
-def configure_logging(level: str, stream: IO[str] | None = None) -> None:
-    """Log lines to ``stream`` (stderr) at ``level``, with URL credentials masked."""
+# Libraries whose DEBUG lines hold what must not reach a log: aiokafka writes every record
+# value it sends and the SASL PLAIN exchange, aiohttp the requests it parses.
+LIBRARY_LOGGERS = ("aiokafka", "aiohttp")
+
+
+def configure_logging(
+    level: str, stream: IO[str] | None = None, debug_loggers: Sequence[str] = ()
+) -> None:
+    """Log lines to ``stream`` (stderr) at ``level``, credentials masked (:mod:`.redact`).
+
+    The library loggers stay at INFO or above whatever ``level`` says, unless a logger is
+    named in ``debug_loggers`` (setting ``debug_loggers``): then it, and its children, log
+    at DEBUG, record values included.
+    """
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    floor = max(logging.getLevelNamesMapping()[level], logging.INFO)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(floor)
+    for name in debug_loggers:
+        logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 def tune_gc() -> None:

@@ -275,6 +275,9 @@ class MParticleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     topic_prefix: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Library loggers (aiokafka, aiohttp) stay at INFO or above unless named here: at DEBUG
+    # they write record values (e-mails, phone numbers) and can write credentials.
+    debug_loggers: list[str] = msgspec.field(default_factory=list)
     metrics_host: str = "0.0.0.0"  # noqa: S104 -- scraped from outside the pod
     metrics_port: Port = 9100
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)

@@ -1,8 +1,10 @@
-"""Credentials out of messages: the ``user:password@`` of URLs masked as ``***@``.
+"""Credentials out of messages: URL userinfo, Authorization values and HTTP auth tokens.
 
 Settings refuse URLs that carry credentials (they have settings of their own), and the
 refusal must not echo them; every log line goes through :class:`MaskingFormatter` too,
-so that a URL from anywhere (a peer's answer, a library's exception) cannot leak one.
+so that a URL from anywhere (a peer's answer, a library's exception) cannot leak one, nor
+an ``Authorization`` header a client sent (aiohttp quotes a malformed header line in its
+error), nor a ``Basic``/``Bearer`` token anywhere in a message or traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ MASK = "***"
 # scheme://userinfo@ in free text: the userinfo runs to the last '@' before a '/' or a
 # space, so a password holding '@', ':', '?' or '#' is masked whole.
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/]*@")
+# An Authorization header's value, to the end of its line or the quote around it.
+_AUTHORIZATION = re.compile(r"((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)[^\r\n'\"]+", re.I)
+# A token after an HTTP auth scheme (as a header spells it), wherever it stands.
+_TOKEN = re.compile(r"\b(Basic|Bearer|Digest)\s+[A-Za-z0-9+/=._~-]{8,}")
 
 
 def mask_url(url: str) -> str:
@@ -39,8 +45,13 @@ def mask_urls(text: str) -> str:
     return _USERINFO.sub(rf"\1{MASK}@", text)
 
 
+def mask_secrets(text: str) -> str:
+    """``text`` with URL credentials, Authorization values and auth tokens masked."""
+    return _TOKEN.sub(rf"\1 {MASK}", _AUTHORIZATION.sub(rf"\1{MASK}", mask_urls(text)))
+
+
 class MaskingFormatter(logging.Formatter):
-    """A formatter whose output (message, arguments, traceback) has URL credentials masked."""
+    """A formatter whose output (message, arguments, traceback) has credentials masked."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask_urls(super().format(record))
+        return mask_secrets(super().format(record))

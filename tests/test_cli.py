@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from streamproc import cli
+from streamproc.redact import mask_secrets
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -76,6 +77,39 @@ def test_credentials_in_a_url_stay_out_of_errors_and_log_lines() -> None:
     assert "https://***@s2s.mparticle.com/v2?x=1 and http://***@h:1/" in logged
     assert "s3cr3t" not in logged
     assert "u:p" not in logged
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ("b'Authorization: Basic cHVzaDpzM2NyM3Q=\\x01'", "b'Authorization: ***'"),
+        ("headers={'authorization': 'Bearer eyJhbGciOi.x.y'}", "headers={'authorization': '***'}"),
+        ("Proxy-Authorization: Digest username=u, response=r", "Proxy-Authorization: ***"),
+        ("retry with Basic dXNlcjpwYXNzd29yZA== later", "retry with Basic *** later"),
+        ("HTTP basic auth with the feed key is required", None),
+        ('Basic realm="streamproc"', None),
+    ],
+)
+def test_log_lines_mask_authorization_values_and_tokens(line: str, shown: str | None) -> None:
+    """Whatever a library quotes (aiohttp's malformed header line, a request repr), the
+    Authorization value and any Basic/Bearer token are masked; plain prose is left alone."""
+    assert mask_secrets(line) == (line if shown is None else shown)
+
+
+def test_library_loggers_stay_at_info_unless_named() -> None:
+    """At DEBUG, aiokafka and aiohttp (which log record values and credentials) stay at INFO;
+    a logger named in debug_loggers logs at DEBUG."""
+    script = (
+        "import logging; from streamproc import cli; "
+        "cli.configure_logging('DEBUG', debug_loggers=['aiokafka.consumer']); "
+        "[logging.getLogger(n).debug('debug from %s', n) for n in "
+        "('streamproc.x', 'aiokafka', 'aiokafka.producer', 'aiohttp.server', 'aiokafka.consumer')]"
+    )
+    logged = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    ).stderr
+    lines = [line.rsplit(": ", 1)[-1] for line in logged.splitlines()]
+    assert lines == ["debug from streamproc.x", "debug from aiokafka.consumer"]
 
 
 def test_mistyped_variable_is_warned_about() -> None:

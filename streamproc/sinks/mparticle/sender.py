@@ -252,7 +252,7 @@ class Sender:
     def _misrouted(self, exc: BadRequest) -> None:
         log.error(
             "mParticle answers HTTP %d for %s: check mparticle.base_url; nothing is dropped, "
-            "retrying every %.0f s",
+            "retrying every %g s",
             exc.status,
             mask_url(self.client.url),
             self.auth_retry_s,
@@ -263,7 +263,7 @@ class Sender:
         if not self.auth_failed or now - self._auth_logged_at >= self.auth_retry_s:
             log.error(
                 "mParticle REFUSES THE CREDENTIALS (HTTP %d): delivery is paused, nothing is "
-                "dropped or committed; retrying every %.0f s. Fix mparticle.api_key/api_secret.",
+                "dropped or committed; retrying every %g s. Fix mparticle.api_key/api_secret.",
                 exc.status,
                 self.auth_retry_s,
             )
