@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from prometheus_client import REGISTRY
@@ -605,10 +606,99 @@ def test_receiver_service_and_budget_match_its_pods() -> None:
     (port,) = service["spec"]["ports"]
     assert port["port"] == 8080
     assert port["targetPort"] in {"http", 8080}
-    (pdb,) = of_kind("PodDisruptionBudget")
+    (pdb,) = [
+        b for b in of_kind("PodDisruptionBudget") if b["metadata"]["name"].endswith("receive")
+    ]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["minAvailable"] >= 1
     assert pdb["spec"]["minAvailable"] < receive["spec"]["replicas"]
+
+
+# The Kubernetes versions the manifests are checked against (kubernetes-validate's schemas):
+# the three minor releases upstream supports now, and the two before them.
+SUPPORTED_KUBERNETES = ("1.33", "1.34", "1.35", "1.36", "1.37")
+
+
+@pytest.mark.parametrize("version", SUPPORTED_KUBERNETES)
+def test_every_manifest_is_valid_for_the_supported_kubernetes_versions(version: str) -> None:
+    """Every object of deploy/kubernetes (and optional/) against the API server's own
+    OpenAPI schemas, strict: an unknown or misplaced field is an error, not ignored."""
+    docs = manifests() + manifests(K8S / "optional")
+    assert len(docs) >= 15
+    errors = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {exc.path}")
+    assert errors == []
+
+
+def test_strict_validation_catches_a_misplaced_field() -> None:
+    """The check above can fail: a Deployment with its replicas one level too deep."""
+    dep = json.loads(json.dumps(deployments()["poll"]))
+    dep["spec"]["template"]["spec"]["replicas"] = 2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, SUPPORTED_KUBERNETES[-1], strict=True)
+
+
+def test_every_role_has_a_disruption_budget_that_lets_a_drain_proceed() -> None:
+    """One PodDisruptionBudget per role, selecting exactly its pods; a drain takes one pod
+    of a role at a time and is never blocked for good (something may always go)."""
+    budgets = {
+        b["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]: b
+        for b in of_kind("PodDisruptionBudget")
+    }
+    assert set(budgets) == set(ROLES)
+    for role, dep in deployments().items():
+        spec, replicas = budgets[role]["spec"], dep["spec"]["replicas"]
+        assert spec["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"], role
+        down = (
+            spec["maxUnavailable"] if "maxUnavailable" in spec else replicas - spec["minAvailable"]
+        )
+        assert down == 1, role
+
+
+def test_the_two_pollers_never_share_a_node_and_spread_over_zones() -> None:
+    """poll guards the 4-hour retention: its replicas are on different nodes (hard), and in
+    different zones where there are zones (soft)."""
+    spread = deployments()["poll"]["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    rules = {c["topologyKey"]: c["whenUnsatisfiable"] for c in spread}
+    assert rules == {
+        "kubernetes.io/hostname": "DoNotSchedule",
+        "topology.kubernetes.io/zone": "ScheduleAnyway",
+    }
+
+
+def test_network_policies_let_in_pushes_and_scrapes_and_out_kafka_dns_and_https() -> None:
+    """Default deny for every streamproc pod; ingress only to the receiver's 8080 and the
+    metrics port; egress DNS and Kafka for all, HTTPS only for poll and deliver."""
+    policies = {p["metadata"]["name"]: p["spec"] for p in of_kind("NetworkPolicy")}
+    deny = policies["streamproc-default-deny"]
+    assert deny["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "streamproc"}}
+    assert set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny
+    assert "egress" not in deny
+
+    def ports(spec: dict[str, Any], direction: str) -> set[int]:
+        return {p["port"] for rule in spec.get(direction, []) for p in rule.get("ports", [])}
+
+    def selects(spec: dict[str, Any], role: str) -> bool:
+        selector = spec["podSelector"]
+        labels = deployments()[role]["spec"]["template"]["metadata"]["labels"]
+        if not selector.get("matchLabels", {}).items() <= labels.items():
+            return False
+        component = labels["app.kubernetes.io/component"]
+        return all(component in e["values"] for e in selector.get("matchExpressions", []))
+
+    settings = config.load_settings(env=configured_env())
+    for role in ROLES:
+        ingress = set().union(*(ports(p, "ingress") for p in policies.values() if selects(p, role)))
+        egress = set().union(*(ports(p, "egress") for p in policies.values() if selects(p, role)))
+        assert ingress == ({9100, settings.receiver.port} if role == "receive" else {9100}), role
+        kafka_port = int(settings.kafka.bootstrap_servers.rsplit(":", 1)[1])
+        assert {53, kafka_port} <= egress, role
+        assert (443 in egress) == (role in {"poll", "deliver"}), role
 
 
 def test_optional_autoscalers_scale_on_consumer_lag_within_partitions() -> None:
