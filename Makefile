@@ -16,6 +16,10 @@ export KAFKA_PORT
 PROMTOOL_CACHED := $(CURDIR)/.cache/prometheus/usr/bin/promtool
 PROMTOOL ?= $(or $(shell command -v promtool),$(PROMTOOL_CACHED))
 
+# kustomize's own library renders deploy/kubernetes as `kubectl apply -k` would
+# (tests/test_deploy.py): built once from the Go module proxy into .cache/bin.
+KUSTOMIZE_BUILD := $(CURDIR)/.cache/bin/kustomize-build
+
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
@@ -32,9 +36,15 @@ lint: install ## ruff and mypy --strict
 	$(BIN)/ruff format --check streamproc tests
 	$(BIN)/mypy
 
-test: lint $(PROMTOOL) ## lint, then all of pytest against a broker of its own (Kafka jars via Maven)
+test: lint $(PROMTOOL) $(KUSTOMIZE_BUILD) ## lint, then all of pytest against a broker of its own (Kafka jars via Maven)
 	$(BIN)/python -m tests.localkafka jars
-	PROMTOOL=$(PROMTOOL) PROMTOOL_REQUIRED=1 $(BIN)/pytest
+	PROMTOOL=$(PROMTOOL) PROMTOOL_REQUIRED=1 KUSTOMIZE_BUILD=$(KUSTOMIZE_BUILD) \
+	  KUSTOMIZE_REQUIRED=1 $(BIN)/pytest
+
+$(KUSTOMIZE_BUILD): tests/kustomize/main.go tests/kustomize/go.mod tests/kustomize/go.sum
+	mkdir -p $(dir $@)
+	cd tests/kustomize && GOMODCACHE=$(CURDIR)/.cache/go/mod GOCACHE=$(CURDIR)/.cache/go/build \
+	  GOFLAGS=-modcacherw go build -o $@ .
 
 promtool: $(PROMTOOL) ## print the promtool the tests use (PATH, else unpacked into .cache/)
 	@echo $(PROMTOOL)

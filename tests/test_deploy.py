@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -420,11 +423,47 @@ def test_every_alert_has_a_runbook_section() -> None:
 
 
 def manifests(folder: Path = K8S) -> list[dict[str, Any]]:
+    """The objects of ``folder``: for deploy/kubernetes, what `kubectl apply -k` applies
+    (rendered by kustomize's library: generated ConfigMaps, names, labels, image); for
+    others (optional/), the files as they are."""
+    if folder == K8S:
+        return [json.loads(json.dumps(doc)) for doc in rendered(K8S)]  # a copy to change
     docs = []
     for path in sorted(folder.glob("*.yaml")):
         if path.name != "kustomization.yaml":
             docs.extend(load_yaml(path))
     return docs
+
+
+def kustomize_build() -> Path:
+    """The kustomize-build tool (tests/kustomize, built by `make test` into .cache/bin)."""
+    path = Path(os.environ.get("KUSTOMIZE_BUILD", ROOT / ".cache" / "bin" / "kustomize-build"))
+    if not path.is_file():
+        if os.environ.get("KUSTOMIZE_REQUIRED"):
+            pytest.fail(f"{path} is missing, and make test requires it")
+        pytest.skip(f"{path} is missing: `make test` builds it from tests/kustomize")
+    return path
+
+
+@functools.cache
+def rendered(folder: Path) -> tuple[dict[str, Any], ...]:
+    """``kubectl apply -k folder``'s objects, as kustomize renders them."""
+    out = subprocess.run(
+        [str(kustomize_build()), str(folder)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc is not None)
+
+
+def config_map_of(
+    workload: dict[str, Any], docs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The ConfigMap (of ``docs``, default: the manifests) a workload takes its settings
+    from (envFrom)."""
+    (source,) = container(workload)["envFrom"]
+    name = source["configMapRef"]["name"]
+    (cm,) = [c for c in of_kind("ConfigMap", docs) if c["metadata"]["name"] == name]
+    return cm
 
 
 def of_kind(kind: str, docs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -457,9 +496,15 @@ def command_path(args: list[str]) -> tuple[str, ...]:
     return path
 
 
+def configured_data() -> dict[str, str]:
+    """What streamproc.env sets, as the roles' ConfigMap holds it."""
+    data: dict[str, str] = config_map_of(deployments()["deliver"])["data"]
+    return data
+
+
 def configured_env() -> dict[str, str]:
     """Every variable the ConfigMap and the Secret set (Kubernetes takes only strings)."""
-    (cm,) = of_kind("ConfigMap")
+    cm = config_map_of(deployments()["poll"])
     (secret,) = of_kind("Secret")
     env: dict[str, str] = {**cm["data"], **secret["stringData"]}
     unquoted = sorted(name for name, value in env.items() if not isinstance(value, str))
@@ -542,7 +587,7 @@ def test_manifests_set_only_real_settings() -> None:
     assert all(n.startswith(config.ENV_PREFIX) for n in named)
     assert not named - known, f"not settings: {sorted(named - known)}"
     settings = config.load_settings(env=configured_env())
-    (cm,) = of_kind("ConfigMap")
+    cm = config_map_of(deployments()["map"])
     assert settings.kafka.bootstrap_servers == cm["data"]["STREAMPROC_KAFKA_BOOTSTRAP_SERVERS"]
     assert settings.mapping.environment == "production"
     assert settings.ticketmatic.accounts
@@ -559,7 +604,6 @@ def test_secret_template_holds_only_placeholders() -> None:
 
 def test_roles_get_the_secrets_they_need_and_no_others() -> None:
     """Secret keys reach roles by secretKeyRef to existing keys, each only where needed."""
-    (cm,) = of_kind("ConfigMap")
     (secret,) = of_kind("Secret")
     needs = {
         "poll": {"STREAMPROC_TICKETMATIC_ACCOUNTS"},
@@ -571,7 +615,7 @@ def test_roles_get_the_secrets_they_need_and_no_others() -> None:
     for workload in [*of_kind("Deployment"), *of_kind("Job")]:
         role = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
         c = container(workload)
-        assert c["envFrom"] == [{"configMapRef": {"name": cm["metadata"]["name"]}}], role
+        assert config_map_of(workload)["data"] == configured_data(), role
         refs = {}
         for env in c["env"]:
             ref = env["valueFrom"]["secretKeyRef"]
@@ -757,3 +801,81 @@ def test_make_observe_config_is_valid_for_prometheus(promtool: Promtool, tmp_pat
     assert components == ["run", *ROLES]
     # Only the run job keeps samples: the role jobs exist for `up`, nothing is counted twice.
     assert [("metric_relabel_configs" in j) for j in jobs] == [False, True, True, True, True]
+
+
+# --- upgrades: what `kubectl apply -k` does to a cluster that has the previous release ---
+
+
+def render_variant(tmp_path: Path, tag: str | None = None, **env: str) -> list[dict[str, Any]]:
+    """deploy/kubernetes rendered with another image tag and/or changed settings."""
+    folder = tmp_path / f"k8s-{tag}-{len(env)}"
+    shutil.copytree(K8S, folder)
+    if tag is not None:
+        path = folder / "kustomization.yaml"
+        kustomization = yaml.safe_load(path.read_text(encoding="utf-8"))
+        (image,) = kustomization["images"]
+        image["newTag"] = tag
+        path.write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    if env:
+        path = folder / "streamproc.env"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.partition("=")[0] not in env]
+        path.write_text("\n".join(kept + [f"{k}={v}" for k, v in env.items()]) + "\n")
+    return list(rendered(folder))
+
+
+def by_name(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def apply_errors(cluster: list[dict[str, Any]], applied: list[dict[str, Any]]) -> list[str]:
+    """What the API server refuses when ``applied`` meets ``cluster`` object by object: a
+    Job's pod template may not change (``field is immutable``); the rest may."""
+    old = by_name(cluster)
+    return [
+        f"{kind}/{name}: spec.template: field is immutable"
+        for (kind, name), doc in by_name(applied).items()
+        if kind == "Job"
+        and (kind, name) in old
+        and old[(kind, name)]["spec"]["template"] != doc["spec"]["template"]
+    ]
+
+
+def test_an_upgrade_to_a_new_image_tag_applies_and_runs_the_topics_job_again(
+    tmp_path: Path,
+) -> None:
+    """0.1.0 on the cluster, then 0.2.0 applied: no immutable-field refusal, a new topics
+    Job (it runs again), and every role on the new image."""
+    old, new = render_variant(tmp_path, "0.1.0"), render_variant(tmp_path, "0.2.0")
+    assert apply_errors(old, new) == []
+    jobs = [name for kind, name in by_name(new) if kind == "Job"]
+    assert jobs == ["streamproc-topics-ensure-0.2.0"]
+    assert ("Job", "streamproc-topics-ensure-0.1.0") in by_name(old)
+    for doc in new:
+        if doc["kind"] in {"Deployment", "Job"}:
+            assert container(doc)["image"] == "streamproc:0.2.0", doc["metadata"]["name"]
+    # The check is not vacuous: with the Job's name fixed, the same upgrade is refused.
+    for doc in new:
+        if doc["kind"] == "Job":
+            doc["metadata"]["name"] = "streamproc-topics-ensure-0.1.0"
+    assert apply_errors(old, new) == [
+        "Job/streamproc-topics-ensure-0.1.0: spec.template: field is immutable"
+    ]
+
+
+def test_a_settings_change_rolls_every_role_and_leaves_the_topics_job_alone(
+    tmp_path: Path,
+) -> None:
+    """A changed setting in streamproc.env gives the roles a ConfigMap of a new name (so each
+    Deployment's pod template changes: a rollout), while the Job's template stays as it is."""
+    old = render_variant(tmp_path)
+    new = render_variant(tmp_path, STREAMPROC_LOG_LEVEL="DEBUG")
+    assert apply_errors(old, new) == []
+    before, after = by_name(old), by_name(new)
+    for key, dep in after.items():
+        if key[0] == "Deployment":
+            assert dep["spec"]["template"] != before[key]["spec"]["template"], key
+            (source,) = container(dep)["envFrom"]
+            assert source["configMapRef"]["name"].startswith("streamproc-"), key
+    roles_cm = config_map_of(next(d for d in new if d["kind"] == "Deployment"), new)
+    assert roles_cm["data"]["STREAMPROC_LOG_LEVEL"] == "DEBUG"
