@@ -19,6 +19,12 @@ PROMTOOL ?= $(or $(shell command -v promtool),$(PROMTOOL_CACHED))
 # kustomize's own library renders deploy/kubernetes as `kubectl apply -k` would
 # (tests/test_deploy.py): built once from the Go module proxy into .cache/bin.
 KUSTOMIZE_BUILD := $(CURDIR)/.cache/bin/kustomize-build
+# The CRDs the custom resources in deploy/ are checked against: KEDA's and the Prometheus
+# Operator's, as their Go modules ship them (downloaded from the Go module proxy).
+GO_ENV := GOMODCACHE=$(CURDIR)/.cache/go/mod GOCACHE=$(CURDIR)/.cache/go/build GOFLAGS=-modcacherw
+CRD_MODULES := github.com/kedacore/keda/v2@v2.18.1 \
+  github.com/prometheus-operator/prometheus-operator@v0.85.0
+CRDS := $(CURDIR)/.cache/go/crds.stamp
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -36,15 +42,19 @@ lint: install ## ruff and mypy --strict
 	$(BIN)/ruff format --check streamproc tests
 	$(BIN)/mypy
 
-test: lint $(PROMTOOL) $(KUSTOMIZE_BUILD) ## lint, then all of pytest against a broker of its own (Kafka jars via Maven)
+test: lint $(PROMTOOL) $(KUSTOMIZE_BUILD) $(CRDS) ## lint, then all of pytest against a broker of its own (Kafka jars via Maven)
 	$(BIN)/python -m tests.localkafka jars
 	PROMTOOL=$(PROMTOOL) PROMTOOL_REQUIRED=1 KUSTOMIZE_BUILD=$(KUSTOMIZE_BUILD) \
 	  KUSTOMIZE_REQUIRED=1 $(BIN)/pytest
 
 $(KUSTOMIZE_BUILD): tests/kustomize/main.go tests/kustomize/go.mod tests/kustomize/go.sum
 	mkdir -p $(dir $@)
-	cd tests/kustomize && GOMODCACHE=$(CURDIR)/.cache/go/mod GOCACHE=$(CURDIR)/.cache/go/build \
-	  GOFLAGS=-modcacherw go build -o $@ .
+	cd tests/kustomize && $(GO_ENV) go build -o $@ .
+
+$(CRDS):
+	mkdir -p $(dir $@)
+	$(GO_ENV) go mod download $(CRD_MODULES)
+	touch $@
 
 promtool: $(PROMTOOL) ## print the promtool the tests use (PATH, else unpacked into .cache/)
 	@echo $(PROMTOOL)

@@ -22,10 +22,14 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from jsonschema import Draft7Validator
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
 from streamproc import cli, config, metrics
+from streamproc.mapper.processor import MapProcessor
+from streamproc.sinks.mparticle.deliverer import Deliverer
+from streamproc.topics import Topics
 from tests import devrun
 from tests.promtool import Promtool
 
@@ -667,7 +671,7 @@ SUPPORTED_KUBERNETES = ("1.33", "1.34", "1.35", "1.36", "1.37")
 def test_every_manifest_is_valid_for_the_supported_kubernetes_versions(version: str) -> None:
     """Every object of deploy/kubernetes (and optional/) against the API server's own
     OpenAPI schemas, strict: an unknown or misplaced field is an error, not ignored."""
-    docs = manifests() + manifests(K8S / "optional")
+    docs = [d for d in manifests() + manifests(K8S / "optional") if d not in custom_resources()]
     assert len(docs) >= 15
     errors = []
     for doc in docs:
@@ -745,20 +749,132 @@ def test_network_policies_let_in_pushes_and_scrapes_and_out_kafka_dns_and_https(
         assert (443 in egress) == (role in {"poll", "deliver"}), role
 
 
-def test_optional_autoscalers_scale_on_consumer_lag_within_partitions() -> None:
-    """The optional HPA targets map on a streamproc metric, within the partitions; deliver,
-    bound by the feed's rate limit that its replicas share, is not autoscaled."""
+def test_keda_scales_map_and_deliver_on_their_groups_lag_within_partitions() -> None:
+    """The optional ScaledObjects: map and deliver on the lag of the groups the roles
+    really join, over the topics they really read, never past the partitions (deliver
+    capped lower: the feed's rate limit is shared, not multiplied); receive on CPU."""
     settings = config.load_settings(env=configured_env())
-    hpas = of_kind("HorizontalPodAutoscaler", manifests(K8S / "optional"))
-    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == {
-        deployments()["map"]["metadata"]["name"]
+    names = Topics.for_prefix(settings.topic_prefix)
+    docs = manifests(K8S / "optional")
+    scaled = {d["spec"]["scaleTargetRef"]["name"]: d["spec"] for d in of_kind("ScaledObject", docs)}
+    deps = deployments()
+    assert set(scaled) == {deps[r]["metadata"]["name"] for r in ("map", "deliver", "receive")}
+    watched = {
+        "map": MapProcessor(settings).watches()[0],
+        "deliver": Deliverer(settings).watches()[0],
     }
-    for hpa in hpas:
-        assert hpa["spec"]["maxReplicas"] <= settings.topics.partitions
-        for metric in hpa["spec"]["metrics"]:
-            assert metric["external"]["metric"]["name"] == "streamproc_consumer_lag_seconds"
-            topic = metric["external"]["metric"]["selector"]["matchLabels"]["topic"]
-            assert topic.startswith(settings.topic_prefix), topic
+    auths = {a["metadata"]["name"]: a["spec"] for a in of_kind("TriggerAuthentication", docs)}
+    (secret,) = [d for d in of_kind("Secret", docs) if d["metadata"]["name"] == "streamproc-keda"]
+    for role, watch in watched.items():
+        spec = scaled[deps[role]["metadata"]["name"]]
+        assert spec["minReplicaCount"] >= 2, role  # one survives a node drain
+        assert spec["maxReplicaCount"] <= settings.topics.partitions, role
+        topics = set()
+        for trigger in spec["triggers"]:
+            meta = trigger["metadata"]
+            assert trigger["type"] == "kafka", role
+            assert meta["consumerGroup"] == watch.group, role
+            assert meta["bootstrapServers"] == settings.kafka.bootstrap_servers, role
+            assert meta["allowIdleConsumers"] == "false", role
+            int(meta["lagThreshold"])
+            topics.add(meta["topic"])
+            auth = auths[trigger["authenticationRef"]["name"]]
+            for ref in auth["secretTargetRef"]:
+                assert ref["name"] == "streamproc-keda"
+                assert ref["key"] in secret["stringData"], ref
+        assert topics == set(watch.topics), role
+    assert watched["map"].topics == [names.ticketmatic, names.ticketure]
+    assert scaled["streamproc-deliver"]["maxReplicaCount"] <= 3
+    (cpu,) = scaled["streamproc-receive"]["triggers"]
+    assert cpu["type"] == "cpu"
+    assert all("cpu" in c["resources"]["requests"] for c in [container(deps["receive"])])
+
+
+# Custom resources are checked against their own CRDs, as the API server would: KEDA's and
+# the Prometheus Operator's, from their Go modules (`make test` downloads them from the Go
+# module proxy into .cache/go/mod).
+KEDA_CRDS = ROOT / ".cache/go/mod/github.com/kedacore/keda/v2@v2.18.1/config/crd/bases"
+PROMETHEUS_CRDS = (
+    ROOT
+    / ".cache/go/mod/github.com/prometheus-operator/prometheus-operator@v0.85.0"
+    / "example/prometheus-operator-crd"
+)
+CRD_FILES = (
+    KEDA_CRDS / "keda.sh_scaledobjects.yaml",
+    KEDA_CRDS / "keda.sh_triggerauthentications.yaml",
+    PROMETHEUS_CRDS / "monitoring.coreos.com_podmonitors.yaml",
+)
+
+
+@functools.cache
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> the CRD's openAPIV3Schema, made strict like `kubectl apply`'s
+    server-side field validation: an unknown field is an error."""
+    missing = [str(path) for path in CRD_FILES if not path.is_file()]
+    if missing:
+        if os.environ.get("KUSTOMIZE_REQUIRED"):
+            pytest.fail(f"CRDs missing (make test downloads them): {missing}")
+        pytest.skip(f"CRDs missing: `make test` downloads them: {missing}")
+    out = {}
+    for path in CRD_FILES:
+        for crd in load_yaml(path):
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schema = strict(version["schema"]["openAPIV3Schema"])
+                out[(f"{group}/{version['name']}", kind)] = schema
+    return out
+
+
+def strict(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` wherever it lists the properties of
+    an object and neither allows others nor preserves unknown fields."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: strict(value) for key, value in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def custom_resources() -> list[dict[str, Any]]:
+    builtin = ("v1", "apps/", "batch/", "policy/", "networking.k8s.io/", "autoscaling/")
+    docs = [
+        *manifests(),
+        *manifests(K8S / "optional"),
+        *load_yaml(DEPLOY / "prometheus/podmonitor.yaml"),
+    ]
+    return [d for d in docs if not d["apiVersion"].startswith(builtin)]
+
+
+def crd_errors(doc: dict[str, Any]) -> list[str]:
+    schema = crd_schemas()[(doc["apiVersion"], doc["kind"])]
+    validator = Draft7Validator(schema)
+    return [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]
+
+
+def test_every_custom_resource_is_valid_against_its_crd() -> None:
+    """The ScaledObjects, the TriggerAuthentication and the PodMonitor, against the CRDs of
+    KEDA 2.18.1 and prometheus-operator 0.85.0, strict."""
+    docs = custom_resources()
+    assert {d["kind"] for d in docs} == {"ScaledObject", "TriggerAuthentication", "PodMonitor"}
+    assert {d["metadata"]["name"]: crd_errors(d) for d in docs} == {
+        d["metadata"]["name"]: [] for d in docs
+    }
+
+
+def test_a_misspelled_custom_resource_field_is_caught() -> None:
+    """The CRD check can fail: a ScaledObject with HPA's field name instead of KEDA's."""
+    (scaled, *_) = [d for d in custom_resources() if d["kind"] == "ScaledObject"]
+    scaled["spec"]["maxReplicas"] = scaled["spec"].pop("maxReplicaCount")
+    assert crd_errors(scaled)
 
 
 def test_podmonitor_scrapes_the_metrics_port_with_role_labels() -> None:
