@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help install test lint promtool bench run observe chaos kafka-up kafka-down clean
+.PHONY: help install lock test lint promtool bench run observe chaos kafka-up kafka-down clean
 
 # promtool checks the alert rules, their unit tests, the dashboard's queries and /metrics
 # (tests/test_alert_rules.py and others). The one on PATH, else promtool from Debian's
@@ -29,13 +29,26 @@ CRDS := $(CURDIR)/.cache/go/crds.stamp
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-$(BIN)/streamproc: pyproject.toml
+# Every package at the version and hashes of the lock (deploy/requirements/test.txt, made
+# by `make lock` from pyproject.toml); streamproc itself editable, built by the locked
+# hatchling.
+$(BIN)/streamproc: pyproject.toml deploy/requirements/test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --require-hashes -r deploy/requirements/test.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-install: $(BIN)/streamproc ## create .venv with streamproc and its test extras
+install: $(BIN)/streamproc ## create .venv with streamproc and its test extras, from the lock
+
+lock: install ## pin every dependency with its hashes again (uv), after editing pyproject.toml
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile -q --generate-hashes --python-version 3.11 pyproject.toml \
+	  deploy/requirements/build.in --extra test -o deploy/requirements/test.txt
+	$(BIN)/uv pip compile -q --generate-hashes --python-version 3.11 pyproject.toml \
+	  -o deploy/requirements/runtime.txt
+	$(BIN)/uv pip compile -q --generate-hashes --python-version 3.11 \
+	  deploy/requirements/build.in -o deploy/requirements/build.txt
 
 lint: install ## ruff and mypy --strict
 	$(BIN)/ruff check streamproc tests

