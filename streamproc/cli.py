@@ -20,8 +20,9 @@ from types import ModuleType
 from typing import IO
 
 import orjson
+from aiokafka.errors import KafkaConnectionError
 
-from streamproc import config, topics
+from streamproc import config, kafka, topics
 from streamproc.errors import ConfigError, Unavailable
 from streamproc.redact import MaskingFormatter
 
@@ -193,6 +194,11 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except Unavailable as exc:
         print(f"streamproc: {exc}: giving up", file=sys.stderr)
+        return 1
+    except KafkaConnectionError:
+        # One line naming the cause (authentication, TLS, refused), not aiokafka's traceback.
+        why = asyncio.run(kafka.diagnose(settings.kafka))
+        print(f"streamproc: Kafka at {settings.kafka.bootstrap_servers}: {why}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -15,6 +15,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import AuthenticationFailedError, KafkaError, SaslAuthenticationFailed
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -44,6 +46,45 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
             settings.sasl_password.reveal() if settings.sasl_password else None
         )
     return opts
+
+
+async def diagnose(settings: KafkaSettings) -> str:
+    """Why a client cannot bootstrap, in words: aiokafka says only "Unable to bootstrap".
+
+    Connects to the first bootstrap server as every client does (TLS, SASL) and names what
+    fails: authentication, the TLS handshake, the connection itself.
+    """
+    server = settings.bootstrap_servers.split(",")[0].strip()
+    host, _, port = server.rpartition(":")
+    opts = client_options(settings)
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(
+                host.strip("[]"),
+                int(port),
+                client_id=settings.client_id,
+                request_timeout_ms=settings.request_timeout_ms,
+                ssl_context=opts.get("ssl_context"),
+                security_protocol=settings.security_protocol,
+                sasl_mechanism=opts.get("sasl_mechanism") or "PLAIN",
+                sasl_plain_username=opts.get("sasl_plain_username"),
+                sasl_plain_password=opts.get("sasl_plain_password"),
+            ),
+            settings.request_timeout_ms / 1000,
+        )
+    except (SaslAuthenticationFailed, AuthenticationFailedError):
+        return (
+            f"authentication failed: {server} refused SASL {settings.sasl_mechanism} for user "
+            f"{settings.sasl_username!r} (kafka.sasl_username / kafka.sasl_password)"
+        )
+    except ssl.SSLError as exc:
+        return f"TLS handshake with {server} failed: {exc.reason or exc} (kafka.ssl_cafile)"
+    except (OSError, TimeoutError) as exc:
+        return f"cannot connect to {server}: {exc or type(exc).__name__}"
+    except (KafkaError, ValueError) as exc:
+        return f"{server}: {type(exc).__name__}: {exc}"
+    conn.close()
+    return f"{server} answers, but the cluster's metadata could not be read"
 
 
 def letter_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:

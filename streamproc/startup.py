@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from streamproc import kafka
 from streamproc.backoff import Backoff
@@ -55,7 +55,11 @@ async def wait_for_kafka(
         try:
             await asyncio.wait_for(admin.start(), attempt_s)
         except (KafkaError, OSError, TimeoutError) as exc:
-            reason = f"waiting for Kafka at {settings.bootstrap_servers}: {type(exc).__name__}"
+            # "Unable to bootstrap" says nothing: name what fails (authentication, TLS...).
+            why = await kafka.diagnose(settings) if isinstance(exc, KafkaConnectionError) else ""
+            reason = (
+                f"waiting for Kafka at {settings.bootstrap_servers}: {why or type(exc).__name__}"
+            )
             health.set(COMPONENT, False, reason)
             now = time.monotonic()
             if logged_at is None or now - logged_at >= LOG_REPEAT_S:

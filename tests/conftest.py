@@ -32,11 +32,23 @@ def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         return
     port = localkafka.free_port()
     data = tmp_path_factory.mktemp("kafka")
-    localkafka.up(port, data)
+    localkafka.up(port, data, secure_port=localkafka.free_port())
     try:
         yield f"127.0.0.1:{port}", data
     finally:
         localkafka.down(port, data)
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(local_broker: tuple[str, Path | None]) -> localkafka.Secure:
+    """The session broker's SASL_SSL listener (SCRAM-SHA-512, a CA of its own)."""
+    data = local_broker[1]
+    secure = None if data is None else localkafka.secure_of(data)
+    if secure is None:
+        pytest.skip(
+            "STREAMPROC_KAFKA_BOOTSTRAP_SERVERS names a broker without our SASL_SSL listener"
+        )
+    return secure
 
 
 @pytest.fixture(scope="session")

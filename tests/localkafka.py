@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -224,8 +226,135 @@ def wait_ready(
     )
 
 
-def up(port: int = 9092, data: Path | None = None, heap: str = "768m") -> int:
-    """Start the broker on ``port`` unless it already runs; return its pid."""
+# A second listener, SASL_SSL with SCRAM-SHA-512, when up() is given a secure port: a CA and
+# a broker certificate for 127.0.0.1 made with the JDK's keytool, and one SCRAM user
+# created as the storage is formatted (KRaft keeps SCRAM credentials in its metadata).
+SECURE_PROPERTIES = """listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{secure_port},\
+CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{secure_port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location={keystore}
+ssl.keystore.password={store_password}
+ssl.key.password={store_password}
+"""
+SCRAM_USER = "streamproc"
+
+
+@dataclass(frozen=True)
+class Secure:
+    """What a client needs for the SASL_SSL listener."""
+
+    port: int
+    cafile: Path  # the CA that signed the broker's certificate (PEM)
+    username: str
+    password: str
+
+
+def make_tls(folder: Path, password: str) -> tuple[Path, Path]:
+    """A CA and a broker certificate for 127.0.0.1/localhost, signed by it (keytool):
+    the broker's PKCS12 keystore and the CA's PEM."""
+    keytool = str(Path(_java()).with_name("keytool"))
+    ca_store, keystore, ca_pem = folder / "ca.p12", folder / "broker.p12", folder / "ca.pem"
+    for path in (ca_store, keystore, ca_pem):
+        path.unlink(missing_ok=True)
+    store = ["-storetype", "PKCS12", "-storepass", password, "-keypass", password]
+    san = "SAN=ip:127.0.0.1,dns:localhost"
+
+    def tool(*args: str, stdin: bytes | None = None) -> bytes:
+        done = subprocess.run([keytool, *args], input=stdin, capture_output=True, check=True)
+        return done.stdout
+
+    tool(
+        "-genkeypair",
+        "-alias",
+        "ca",
+        "-keyalg",
+        "RSA",
+        "-keysize",
+        "2048",
+        "-validity",
+        "30",
+        "-dname",
+        "CN=streamproc test CA",
+        "-ext",
+        "bc:c",
+        "-keystore",
+        str(ca_store),
+        *store,
+    )
+    tool(
+        "-exportcert",
+        "-rfc",
+        "-alias",
+        "ca",
+        "-keystore",
+        str(ca_store),
+        "-file",
+        str(ca_pem),
+        *store,
+    )
+    tool(
+        "-genkeypair",
+        "-alias",
+        "broker",
+        "-keyalg",
+        "RSA",
+        "-keysize",
+        "2048",
+        "-validity",
+        "30",
+        "-dname",
+        "CN=127.0.0.1",
+        "-ext",
+        san,
+        "-keystore",
+        str(keystore),
+        *store,
+    )
+    request = tool("-certreq", "-alias", "broker", "-keystore", str(keystore), *store)
+    signed = tool(
+        "-gencert",
+        "-rfc",
+        "-alias",
+        "ca",
+        "-ext",
+        san,
+        "-validity",
+        "30",
+        "-keystore",
+        str(ca_store),
+        *store,
+        stdin=request,
+    )
+    tool(
+        "-importcert",
+        "-noprompt",
+        "-alias",
+        "ca",
+        "-file",
+        str(ca_pem),
+        "-keystore",
+        str(keystore),
+        *store,
+    )
+    tool("-importcert", "-alias", "broker", "-keystore", str(keystore), *store, stdin=signed)
+    return keystore, ca_pem
+
+
+def up(
+    port: int = 9092,
+    data: Path | None = None,
+    heap: str = "768m",
+    secure_port: int | None = None,
+) -> int:
+    """Start the broker on ``port`` unless it already runs; return its pid.
+
+    With ``secure_port``, a SASL_SSL (SCRAM-SHA-512) listener too: see :func:`secure_of`.
+    """
     data = data or data_dir(port)
     pid = running_pid(port, data)
     if pid is not None and port_open(port):
@@ -237,10 +366,25 @@ def up(port: int = 9092, data: Path | None = None, heap: str = "768m") -> int:
     data.mkdir(parents=True, exist_ok=True)
     controller_port = free_port()
     props = data / "server.properties"
-    props.write_text(
-        SERVER_PROPERTIES.format(port=port, controller_port=controller_port, data_dir=data),
-        encoding="utf-8",
-    )
+    text = SERVER_PROPERTIES.format(port=port, controller_port=controller_port, data_dir=data)
+    scram: list[str] = []
+    if secure_port is not None:
+        password = uuid.uuid4().hex
+        keystore, _ = make_tls(data, password)
+        listener = {"port": secure_port, "username": SCRAM_USER, "password": password}
+        (data / "secure.json").write_text(json.dumps(listener), encoding="utf-8")
+        secure = SECURE_PROPERTIES.format(
+            port=port,
+            secure_port=secure_port,
+            controller_port=controller_port,
+            keystore=keystore,
+            store_password=password,
+        )
+        replaced = {line.split("=", 1)[0] for line in secure.splitlines()}
+        kept = [line for line in text.splitlines() if line.split("=", 1)[0] not in replaced]
+        text = "\n".join(kept) + "\n" + secure
+        scram = ["--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={password}]"]
+    props.write_text(text, encoding="utf-8")
     log4j = data / "log4j2.properties"
     log4j.write_text(LOG4J2.format(log_file=data / "server.log"), encoding="utf-8")
     java = _java()
@@ -261,6 +405,7 @@ def up(port: int = 9092, data: Path | None = None, heap: str = "768m") -> int:
                 cluster_id,
                 "-c",
                 str(props),
+                *scram,
             ],
             check=True,
             stdout=subprocess.DEVNULL,
@@ -293,6 +438,15 @@ def up(port: int = 9092, data: Path | None = None, heap: str = "768m") -> int:
         raise
     print(f"Kafka {KAFKA_VERSION} up on 127.0.0.1:{port} (pid {proc.pid}, data in {data})")
     return proc.pid
+
+
+def secure_of(data: Path) -> Secure | None:
+    """The SASL_SSL listener (port, CA, user, password) of a broker started with one."""
+    path = data / "secure.json"
+    if not path.is_file():
+        return None
+    listener = json.loads(path.read_text(encoding="utf-8"))
+    return Secure(listener["port"], data / "ca.pem", listener["username"], listener["password"])
 
 
 def down(port: int = 9092, data: Path | None = None, timeout_s: float = 30.0) -> None:
