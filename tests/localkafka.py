@@ -268,53 +268,15 @@ def make_tls(folder: Path, password: str) -> tuple[Path, Path]:
         done = subprocess.run([keytool, *args], input=stdin, capture_output=True, check=True)
         return done.stdout
 
-    tool(
-        "-genkeypair",
-        "-alias",
-        "ca",
-        "-keyalg",
-        "RSA",
-        "-keysize",
-        "2048",
-        "-validity",
-        "30",
-        "-dname",
-        "CN=streamproc test CA",
-        "-ext",
-        "bc:c",
-        "-keystore",
-        str(ca_store),
-        *store,
-    )
-    tool(
-        "-exportcert",
-        "-rfc",
-        "-alias",
-        "ca",
-        "-keystore",
-        str(ca_store),
-        "-file",
-        str(ca_pem),
-        *store,
-    )
-    tool(
-        "-genkeypair",
-        "-alias",
-        "broker",
-        "-keyalg",
-        "RSA",
-        "-keysize",
-        "2048",
-        "-validity",
-        "30",
-        "-dname",
-        "CN=127.0.0.1",
-        "-ext",
-        san,
-        "-keystore",
-        str(keystore),
-        *store,
-    )
+    def keypair(alias: str, name: str, *ext: str) -> None:
+        tool("-genkeypair", "-alias", alias, "-keyalg", "RSA", "-keysize", "2048",
+             "-validity", "30", "-dname", f"CN={name}", *ext, "-keystore",
+             str(ca_store if alias == "ca" else keystore), *store)  # fmt: skip
+
+    keypair("ca", "streamproc test CA", "-ext", "bc:c")
+    tool("-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca_store),
+         "-file", str(ca_pem), *store)  # fmt: skip
+    keypair("broker", "127.0.0.1", "-ext", san)
     request = tool("-certreq", "-alias", "broker", "-keystore", str(keystore), *store)
     signed = tool(
         "-gencert",

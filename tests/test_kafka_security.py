@@ -9,8 +9,6 @@ readiness reason that says so.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from tests.procs import Proc, settings_env, wait_for
 from tests.sources.ticketure.conftest import receiver_settings
 from tests.sources.ticketure.test_receiver import BASIC
 from tests.sources.ticketure.test_shapes import ticket
+from tests.test_dlq import cli
 from tests.test_startup import readyz
 from tests.topics import read_topic
 
@@ -45,16 +44,6 @@ def over_tls(settings: Settings, secure: Secure, password: str | None = None) ->
         request_timeout_ms=5000,
     )
     return msgspec.structs.replace(settings, kafka=kafka)
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamproc.cli", *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_topics_ensure_over_tls_and_scram(
