@@ -30,9 +30,12 @@ from packaging.version import Version
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-from streamproc import cli, config, metrics
+from streamproc import cli, config, metrics, topics
+from streamproc.lag import Watch
 from streamproc.mapper.processor import MapProcessor
 from streamproc.sinks.mparticle.deliverer import Deliverer
+from streamproc.sources.ticketmatic import ownership
+from streamproc.sources.ticketmatic.poller import transactional_id
 from streamproc.topics import Topics
 from tests import devrun
 from tests.promtool import Promtool
@@ -673,9 +676,13 @@ SUPPORTED_KUBERNETES = ("1.33", "1.34", "1.35", "1.36", "1.37")
 
 @pytest.mark.parametrize("version", SUPPORTED_KUBERNETES)
 def test_every_manifest_is_valid_for_the_supported_kubernetes_versions(version: str) -> None:
-    """Every object of deploy/kubernetes (and optional/) against the API server's own
+    """Every object of deploy/kubernetes (optional/, and the Strimzi overlay's patched
+    Deployments) against the API server's own
     OpenAPI schemas, strict: an unknown or misplaced field is an error, not ignored."""
-    docs = [d for d in manifests() + manifests(K8S / "optional") if d not in custom_resources()]
+    everything = manifests() + manifests(K8S / "optional") + strimzi()
+    docs = [
+        d for d in everything if not d["kind"].startswith("Kafka") and d not in custom_resources()
+    ]
     assert len(docs) >= 15
     errors = []
     for doc in docs:
@@ -1060,3 +1067,83 @@ def test_a_settings_change_rolls_every_role_and_leaves_the_topics_job_alone(
             assert source["configMapRef"]["name"].startswith("streamproc-"), key
     roles_cm = config_map_of(next(d for d in new if d["kind"] == "Deployment"), new)
     assert roles_cm["data"]["STREAMPROC_LOG_LEVEL"] == "DEBUG"
+
+
+# --- Strimzi: deploy/strimzi, the same roles on a Kafka cluster that Strimzi runs ---------
+
+STRIMZI = DEPLOY / "strimzi"
+
+
+def strimzi() -> list[dict[str, Any]]:
+    return [json.loads(json.dumps(doc)) for doc in rendered(STRIMZI)]
+
+
+def test_strimzi_topics_are_exactly_what_topics_ensure_creates() -> None:
+    """The KafkaTopics hold the names, partitions, replicas and configs of topics.specs for
+    the settings the roles get: the Topic Operator makes what `topics ensure` would."""
+    settings = config.load_settings(env=configured_env())
+    wanted = {
+        s.name: (s.partitions, s.replication_factor, s.config) for s in topics.specs(settings)
+    }
+    got = {
+        t["spec"]["topicName"]: (
+            t["spec"]["partitions"],
+            t["spec"]["replicas"],
+            {k: str(v) for k, v in t["spec"]["config"].items()},
+        )
+        for t in of_kind("KafkaTopic", strimzi())
+    }
+    assert got == wanted
+
+
+def test_strimzi_roles_log_in_as_their_own_users_and_no_topics_job_runs() -> None:
+    docs = strimzi()
+    assert of_kind("Job", docs) == []
+    users = {u["metadata"]["name"]: u for u in of_kind("KafkaUser", docs)}
+    for dep in of_kind("Deployment", docs):
+        role = dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        env = {e["name"]: e for e in container(dep)["env"]}
+        user = env["STREAMPROC_KAFKA_SASL_USERNAME"]["value"]
+        assert user == f"streamproc-{role}"
+        assert users[user]["spec"]["authentication"]["type"] == "scram-sha-512"
+        ref = env["STREAMPROC_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": user, "key": "password"}  # the User Operator's Secret
+
+
+def test_strimzi_acls_cover_the_groups_topics_and_transactions_the_roles_use() -> None:
+    """Each role's user may read what the role's lag monitor watches (its group's topics and
+    changelogs), join its group, and use the transactional ids the code makes."""
+    settings = config.load_settings(env=configured_env())
+    names = Topics.for_prefix(settings.topic_prefix)
+
+    def allowed(role: str, rtype: str, name: str, op: str) -> bool:
+        (user,) = [
+            u for u in of_kind("KafkaUser", strimzi()) if u["metadata"]["name"].endswith(role)
+        ]
+        for rule in user["spec"]["authorization"]["acls"]:
+            resource = rule["resource"]
+            if resource["type"] != rtype or op not in rule["operations"]:
+                continue
+            literal = resource["patternType"] == "literal"
+            if (name == resource["name"]) if literal else name.startswith(resource["name"]):
+                return True
+        return False
+
+    watches = {
+        "map": MapProcessor(settings).watches(),
+        "deliver": Deliverer(settings).watches(),
+        "poll": [Watch(ownership.group_id(settings), [], [names.cursors])],
+    }
+    for role, role_watches in watches.items():
+        for watch in role_watches:
+            assert allowed(role, "group", watch.group, "Read"), role
+            for topic in [*watch.topics, *watch.changelogs]:
+                assert allowed(role, "topic", topic, "Read"), (role, topic)
+    assert allowed("poll", "transactionalId", transactional_id(settings, "acme"), "Write")
+    assert allowed("poll", "topic", names.ticketmatic, "Write")
+    assert allowed("receive", "topic", names.ticketure, "Write")
+    assert allowed("map", "topic", names.batches, "Write")
+    assert allowed("map", "transactionalId", f"{settings.topic_prefix}streamproc-map-x-0", "Write")
+    for role in ("poll", "receive", "map", "deliver"):
+        assert allowed(role, "topic", names.dlq, "Write"), role
+        assert not allowed(role, "topic", names.dlq, "Read"), role  # dead letters: write-only
