@@ -179,18 +179,52 @@ async def test_sigterm_while_waiting_exits_0(
             proc.kill()
 
 
-def test_poll_without_its_topics_exits_2_naming_the_cursors_topic(
+async def test_a_role_waits_for_the_topics_then_exits_2_naming_them(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    """Topics never ensured: `poll` says which topic is missing and what to run, exit 2."""
+    """Topics not ensured yet (the topics Job still running): the role stays up, /readyz 503
+    naming the missing topics and what to run; past kafka.startup_timeout_s, exit 2."""
     settings = make_settings(metrics_host="127.0.0.1", metrics_port=free_port())
-    proc = Proc(["poll"], settings_env(settings, **role_env()["poll"]), tmp_path / "poll.log")
+    env = settings_env(settings, **role_env()["poll"], STREAMPROC_KAFKA_STARTUP_TIMEOUT_S="6")
+    proc = Proc(["poll"], env, tmp_path / "poll.log")
+    cursors = f"{settings.topic_prefix}ticketmatic.cursors"
+
+    async def waiting() -> bool:
+        body = await readyz(settings.metrics_port)
+        reason = body["components"].get("topics", {}).get("reason", "")
+        return bool(body["status"] == 503 and cursors in reason and "topics ensure" in reason)
+
     try:
-        code = proc.popen.wait(timeout=60)
+        await wait_for(waiting, timeout_s=30, what="/readyz naming the missing topics")
+        assert proc.alive()
+        code = await asyncio.to_thread(proc.popen.wait, 60)
     finally:
         proc.kill()
     assert code == 2
     logged = proc.output()
-    assert f"topic {settings.topic_prefix}ticketmatic.cursors" in logged
+    assert cursors in logged.splitlines()[-1]
     assert "streamproc topics ensure" in logged
     assert "Traceback" not in logged
+
+
+async def test_a_role_started_before_its_topics_runs_once_they_exist(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The topics Job finishing after the role started: the role goes on by itself."""
+    settings = make_settings(metrics_host="127.0.0.1", metrics_port=free_port())
+    proc = Proc(["map"], settings_env(settings), tmp_path / "map.log")
+    try:
+        await wait_for(
+            lambda: _topics_missing(readyz(settings.metrics_port)), 30, what="waiting for topics"
+        )
+        await ensure(settings)
+        await wait_for(lambda: _running(readyz(settings.metrics_port), "map"), 60, what="map")
+        assert proc.alive()
+    finally:
+        code = proc.terminate()
+    assert code == 0, proc.output()[-2000:]
+
+
+async def _topics_missing(ready: Any) -> bool:
+    body = await ready
+    return "topics" in body["components"]
