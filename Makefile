@@ -25,6 +25,8 @@ GO_ENV := GOMODCACHE=$(CURDIR)/.cache/go/mod GOCACHE=$(CURDIR)/.cache/go/build G
 CRD_MODULES := github.com/kedacore/keda/v2@v2.18.1 \
   github.com/prometheus-operator/prometheus-operator@v0.85.0
 CRDS := $(CURDIR)/.cache/go/crds.stamp
+# kube-score, the Kubernetes objects' best-practice checks (tests/test_deploy.py).
+KUBE_SCORE := $(CURDIR)/.cache/bin/kube-score
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -55,14 +57,18 @@ lint: install ## ruff and mypy --strict
 	$(BIN)/ruff format --check streamproc tests
 	$(BIN)/mypy
 
-test: lint $(PROMTOOL) $(KUSTOMIZE_BUILD) $(CRDS) ## lint, then all of pytest against a broker of its own (Kafka jars via Maven)
+test: lint $(PROMTOOL) $(KUSTOMIZE_BUILD) $(CRDS) $(KUBE_SCORE) ## lint, then all of pytest against a broker of its own (Kafka jars via Maven)
 	$(BIN)/python -m tests.localkafka jars
 	PROMTOOL=$(PROMTOOL) PROMTOOL_REQUIRED=1 KUSTOMIZE_BUILD=$(KUSTOMIZE_BUILD) \
-	  KUSTOMIZE_REQUIRED=1 $(BIN)/pytest
+	  KUBE_SCORE=$(KUBE_SCORE) KUSTOMIZE_REQUIRED=1 $(BIN)/pytest
 
 $(KUSTOMIZE_BUILD): tests/kustomize/main.go tests/kustomize/go.mod tests/kustomize/go.sum
 	mkdir -p $(dir $@)
 	cd tests/kustomize && $(GO_ENV) go build -o $@ .
+
+$(KUBE_SCORE):
+	mkdir -p $(dir $@)
+	$(GO_ENV) GOBIN=$(dir $@) go install github.com/zegl/kube-score/cmd/kube-score@v1.20.0
 
 $(CRDS):
 	mkdir -p $(dir $@)
