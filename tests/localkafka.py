@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,6 +253,7 @@ class Secure:
     cafile: Path  # the CA that signed the broker's certificate (PEM)
     username: str
     password: str
+    users: dict[str, str]  # the other SCRAM users and their passwords
 
 
 def make_tls(folder: Path, password: str) -> tuple[Path, Path]:
@@ -312,10 +314,15 @@ def up(
     data: Path | None = None,
     heap: str = "768m",
     secure_port: int | None = None,
+    users: Sequence[str] = (),
+    authorizer: bool = False,
 ) -> int:
     """Start the broker on ``port`` unless it already runs; return its pid.
 
-    With ``secure_port``, a SASL_SSL (SCRAM-SHA-512) listener too: see :func:`secure_of`.
+    With ``secure_port``, a SASL_SSL (SCRAM-SHA-512) listener too: see :func:`secure_of`;
+    ``users``: more SCRAM users on it; ``authorizer``: Kafka's StandardAuthorizer, so that
+    those users may do only what ACLs allow (PLAINTEXT clients and the user ``streamproc``
+    are super users; :func:`acls` adds ACLs).
     """
     data = data or data_dir(port)
     pid = running_pid(port, data)
@@ -333,7 +340,13 @@ def up(
     if secure_port is not None:
         password = uuid.uuid4().hex
         keystore, _ = make_tls(data, password)
-        listener = {"port": secure_port, "username": SCRAM_USER, "password": password}
+        passwords = {user: uuid.uuid4().hex for user in users}
+        listener = {
+            "port": secure_port,
+            "username": SCRAM_USER,
+            "password": password,
+            "users": passwords,
+        }
         (data / "secure.json").write_text(json.dumps(listener), encoding="utf-8")
         secure = SECURE_PROPERTIES.format(
             port=port,
@@ -345,7 +358,16 @@ def up(
         replaced = {line.split("=", 1)[0] for line in secure.splitlines()}
         kept = [line for line in text.splitlines() if line.split("=", 1)[0] not in replaced]
         text = "\n".join(kept) + "\n" + secure
-        scram = ["--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={password}]"]
+        scram = [
+            arg
+            for name, secret in [(SCRAM_USER, password), *passwords.items()]
+            for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={secret}]")
+        ]
+        if authorizer:
+            text += (
+                "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
+                f"super.users=User:ANONYMOUS;User:{SCRAM_USER}\n"
+            )
     props.write_text(text, encoding="utf-8")
     log4j = data / "log4j2.properties"
     log4j.write_text(LOG4J2.format(log_file=data / "server.log"), encoding="utf-8")
@@ -408,7 +430,13 @@ def secure_of(data: Path) -> Secure | None:
     if not path.is_file():
         return None
     listener = json.loads(path.read_text(encoding="utf-8"))
-    return Secure(listener["port"], data / "ca.pem", listener["username"], listener["password"])
+    return Secure(
+        listener["port"],
+        data / "ca.pem",
+        listener["username"],
+        listener["password"],
+        listener.get("users", {}),
+    )
 
 
 def down(port: int = 9092, data: Path | None = None, timeout_s: float = 30.0) -> None:
@@ -466,6 +494,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(transactions(bootstrap, args.tool_args))
     else:
         print(resolve_jars())
+
+
+def acls(bootstrap: str, tool_args: list[str]) -> None:
+    """Kafka's ``kafka-acls.sh`` (``AclCommand``) against ``bootstrap``; fails if it does."""
+    classpath = str(resolve_jars() / "*")
+    command = [_java(), "-cp", classpath, "org.apache.kafka.tools.AclCommand"]
+    subprocess.run(
+        [*command, "--bootstrap-server", bootstrap, *tool_args],
+        check=True,
+        capture_output=True,
+    )
 
 
 def _transactions_command(bootstrap: str, tool_args: list[str]) -> list[str]:

@@ -31,15 +31,20 @@ from tests.topics import read_topic
 pytestmark = pytest.mark.kafka
 
 
-def over_tls(settings: Settings, secure: Secure, password: str | None = None) -> Settings:
-    """``settings`` on the SASL_SSL listener, as a user of a secured cluster configures it."""
+def over_tls(
+    settings: Settings, secure: Secure, password: str | None = None, *, user: str | None = None
+) -> Settings:
+    """``settings`` on the SASL_SSL listener, as a user of a secured cluster configures it:
+    as the broker's main user, or as ``user`` (one of ``secure.users``)."""
+    if password is None:
+        password = secure.password if user is None else secure.users[user]
     kafka = msgspec.structs.replace(
         settings.kafka,
         bootstrap_servers=f"127.0.0.1:{secure.port}",
         security_protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-512",
-        sasl_username=secure.username,
-        sasl_password=Secret(secure.password if password is None else password),
+        sasl_username=secure.username if user is None else user,
+        sasl_password=Secret(password),
         ssl_cafile=str(secure.cafile),
         request_timeout_ms=5000,
     )
@@ -70,12 +75,8 @@ def test_a_wrong_password_is_one_line_naming_authentication(
     assert "not-the-password" not in result.stderr
 
 
-async def test_the_receiver_writes_over_tls_and_scram(
-    make_settings: Callable[..., Settings], secure_kafka: Secure
-) -> None:
-    """A push accepted by a receiver whose Kafka is the SASL_SSL listener is in the topic."""
-    settings = receiver_settings(over_tls(make_settings(), secure_kafka))
-    await ensure(settings)
+async def push(settings: Settings) -> int:
+    """One push to a receiver run on ``settings``: the status it answers."""
     async with (
         Receiver(settings, host="127.0.0.1", port=0, probe_interval_s=0.2) as rx,
         aiohttp.ClientSession() as http,
@@ -83,7 +84,16 @@ async def test_the_receiver_writes_over_tls_and_scram(
             f"http://127.0.0.1:{rx.port}/ticketure/events", json=ticket(), headers=BASIC
         ) as answer,
     ):
-        assert answer.status == 202, await answer.text()
+        return answer.status
+
+
+async def test_the_receiver_writes_over_tls_and_scram(
+    make_settings: Callable[..., Settings], secure_kafka: Secure
+) -> None:
+    """A push accepted by a receiver whose Kafka is the SASL_SSL listener is in the topic."""
+    settings = receiver_settings(over_tls(make_settings(), secure_kafka))
+    await ensure(settings)
+    assert await push(settings) == 202
     (record,) = await read_topic(settings, Topics.for_prefix(settings.topic_prefix).ticketure)
     assert b'"ticket_audit"' in record.value
 
