@@ -3,7 +3,8 @@
 A broker of this module's own has Kafka's StandardAuthorizer on its SASL_SSL listener and
 one SCRAM user per role; the ACLs of deploy/strimzi/kafkausers.yaml are applied to it with
 Kafka's own kafka-acls (AclCommand), and the roles run over that listener as those users:
-the receiver takes a push, the map stage maps an item, delivery delivers it. A role whose
+the receiver takes a push, the map stage maps an item, delivery delivers it, the poller
+polls an account. A role whose
 user lacks the right is refused (the receiver as the deliver user answers 503, not 202).
 """
 
@@ -23,15 +24,18 @@ import yaml
 from streamproc.config import KafkaSettings, Settings, TopicSettings
 from streamproc.mapper.processor import MapProcessor
 from streamproc.sim.mparticle import MParticleSim
+from streamproc.sim.ticketmatic import TicketmaticSim
 from streamproc.sinks.mparticle.deliverer import Deliverer
 from streamproc.topics import Topics, ensure
 from tests import localkafka
 from tests.mapper.test_processor import produce_tm, tm_item
 from tests.procs import wait_for
 from tests.sinks.support import API_KEY, API_SECRET, deliver_settings
+from tests.sources.ticketmatic.support import tm_settings
+from tests.sources.ticketmatic.test_poller import ACME, run_service
 from tests.sources.ticketure.conftest import receiver_settings
 from tests.test_kafka_security import over_tls, push
-from tests.topics import read_topic
+from tests.topics import TopicReader, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -127,3 +131,28 @@ async def test_a_user_without_the_right_is_refused(
     """The deliver user may not write ticketure.audit: the receiver cannot take the push."""
     settings = receiver_settings(as_user(admin_settings, broker[1], "deliver"))
     assert await push(settings) == 503
+
+
+async def test_the_poller_polls_as_its_own_user(
+    admin_settings: Settings, broker: tuple[str, localkafka.Secure]
+) -> None:
+    """poll: joins its group, writes items and cursors in transactions of its own ids."""
+    names = Topics.for_prefix(PREFIX)
+    before = len(await read_topic(admin_settings, names.ticketmatic))
+    sim = TicketmaticSim([ACME], page_size=20, seed=3)
+    async with sim:
+        sim.generate("acme", 30, span_s=60)
+
+        def on_this_broker(**fields: Any) -> Settings:
+            fields.pop("partitions")
+            return msgspec.structs.replace(admin_settings, **fields)
+
+        settings = as_user(tm_settings(on_this_broker, sim, [ACME]), broker[1], "poll")
+        stop = asyncio.Event()
+        task = await run_service(settings, stop)
+        try:
+            async with TopicReader(admin_settings, names.ticketmatic) as reader:
+                await reader.until(lambda records: len(records) >= before + 30, 60)
+        finally:
+            stop.set()
+            await task
