@@ -202,7 +202,11 @@ class _Refused(asyncio.Protocol):
             return
         transport.write(self._answer)
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already (a connect it gave up on)
+                transport.close()
+                return
         # Reading on for a moment lets the client see the answer instead of a reset.
         self._closer = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
@@ -316,6 +320,12 @@ class Listener:
             self._burst_check.cancel()
             self._burst_check = None
         self._restore_handler()
+
+    @property
+    def accept_failing(self) -> bool:
+        """accept() has failed within the last ``BURST_QUIET_S``: new connections wait in
+        the backlog, so the receiver is not ready (``/readyz`` says why)."""
+        return self._burst_failures > 0
 
     def released(self, guard: _Guarded) -> None:
         for waiting in self._evictable.values():

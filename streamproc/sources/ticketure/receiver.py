@@ -200,7 +200,13 @@ class Receiver(Service):
         log.info("receiver stopped")
 
     def _files(self) -> str | None:
-        """Why /readyz should say no: open files close to RLIMIT_NOFILE (None: fine)."""
+        """Why /readyz should say no: accept() failing, or open files close to RLIMIT_NOFILE
+        (None: fine)."""
+        if self.listener is not None and self.listener.accept_failing:
+            return (
+                "accept() fails (out of file descriptors, RLIMIT_NOFILE): new connections "
+                "wait in the backlog"
+            )
         usage = connections.fd_usage()
         if usage is None or usage[0] <= self._settings.max_fd_ratio * usage[1]:
             return None

@@ -262,14 +262,21 @@ async def test_out_of_files_accept_errors_are_logged_once_per_burst(
                 await asyncio.sleep(0.1)
 
         prober = asyncio.create_task(probe())
-        for _ in range(400):
+
+        async def open_and_start() -> Conn | None:
             try:
-                conn = await Conn.open(port)
-            except OSError:
-                continue  # the kernel refused it: the receiver is out of files, as intended
-            conns.append(conn)
+                conn = await asyncio.wait_for(Conn.open(port), 5)
+            except (OSError, TimeoutError):
+                return None  # the kernel refused it: the receiver is out of files, as intended
             with contextlib.suppress(OSError):  # refused already
                 await conn.send(started)
+            return conn
+
+        # All at once, as a burst comes: one after the other, on a machine slow that moment,
+        # the first refusals may already be closed (after their linger) before the last
+        # connections arrive, and the files never run out.
+        opened = await asyncio.gather(*(open_and_start() for _ in range(400)))
+        conns += [conn for conn in opened if conn is not None]
         await asyncio.sleep(2.5)  # a probe stuck in the backlog has timed out by then
         prober.cancel()
         assert False in readiness, readiness
