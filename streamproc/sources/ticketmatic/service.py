@@ -16,9 +16,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from streamproc import kafka, metrics
+from streamproc import metrics
 from streamproc.config import Settings
-from streamproc.errors import ConfigError
 from streamproc.health import Health
 from streamproc.lag import Watch
 from streamproc.lifecycle import cancel_and_wait, until
@@ -96,9 +95,9 @@ class PollService:
     async def run(self, stop: asyncio.Event) -> None:
         """Join the group and poll owned accounts until ``stop``; then shut down cleanly.
 
-        :class:`ConfigError` if the cursors topic is missing (``streamproc topics ensure``).
+        The cursors topic exists by then: every role waits for the topics at start-up
+        (:func:`streamproc.startup.wait_for_topics`).
         """
-        await self._check_cursor_topic()
         log.info(
             "polling %d Ticketmatic account(s) at %s",
             len(self.accounts),
@@ -113,18 +112,6 @@ class PollService:
             await self.ownership.stop()
             await self.client.stop()
             self.health.set("poll-group", False, "stopped")
-
-    async def _check_cursor_topic(self) -> None:
-        consumer = kafka.consumer(self.settings.kafka, group_id=None)
-        await consumer.start()
-        try:
-            exists = self._cursors in await consumer.topics()
-        finally:
-            await consumer.stop()
-        if not exists:
-            raise ConfigError(
-                f"topic {self._cursors}", "is missing: run `streamproc topics ensure` first"
-            )
 
     async def acquire(self, names: set[str]) -> None:
         """Start a poller task for each account not yet running here (after an assignment)."""
