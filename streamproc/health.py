@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from streamproc import metrics
 from streamproc.lifecycle import Service
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class Health:
     def __init__(self) -> None:
         self._state: dict[str, tuple[bool, str]] = {}
         self._checks: dict[str, Callable[[], str | None]] = {}
+        self._published: set[str] = set()
 
     def set(self, component: str, ready: bool, reason: str = "") -> None:
         previous = self._state.get(component)
@@ -62,6 +64,16 @@ class Health:
     def report(self) -> dict[str, dict[str, object]]:
         return {name: {"ready": ok, "reason": why} for name, (ok, why) in self._current().items()}
 
+    def publish(self) -> None:
+        """``streamproc_ready{component}`` as ``/readyz`` would answer now; a component no
+        longer reported loses its series."""
+        current = self._current()
+        for name in self._published - current.keys():
+            metrics.READY.remove(name)
+        for name, (ok, _) in current.items():
+            metrics.READY.labels(name).set(1 if ok else 0)
+        self._published = set(current)
+
 
 class HealthServer(Service):
     """An aiohttp server for the three endpoints; ``start``/``stop`` are idempotent.
@@ -77,6 +89,7 @@ class HealthServer(Service):
         self._runner: web.AppRunner | None = None
 
     async def _metrics(self, _request: web.Request) -> web.Response:
+        self.health.publish()
         body = generate_latest(REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

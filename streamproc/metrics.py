@@ -316,3 +316,11 @@ CONSUMER_HEADROOM = Gauge(
     "records expire unread.",
     ["group", "topic", "partition"],
 )
+
+# --- readiness: /readyz's components, for alerts --------------------------------------
+READY = Gauge(
+    "streamproc_ready",
+    "1 while the component is ready, 0 while /readyz reports it not ready (the reason is "
+    "in /readyz). Set at every scrape from the same checks /readyz runs.",
+    ["component"],
+)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import aiohttp
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc import metrics
 from streamproc.health import Health, HealthServer
@@ -64,3 +65,38 @@ async def test_metrics_pass_promtool_check_metrics(promtool: Promtool) -> None:
     result = await asyncio.to_thread(promtool, "check", "metrics", stdin=body)
     assert result.returncode == 0, f"{result.stdout}{result.stderr}"
     assert not (result.stdout + result.stderr).strip(), f"{result.stdout}{result.stderr}"
+
+
+async def test_readiness_is_a_metric_that_follows_readyz() -> None:
+    """streamproc_ready{component} says at each scrape what /readyz says: 0 for a component
+    set not ready or whose watch gives a reason, 1 once ready, gone once forgotten."""
+    health = Health()
+    stalled: list[str] = ["no poll for 200 s"]
+    health.set("readiness-test-kafka", False, "SASL authentication failed")
+    health.watch("readiness-test-poll", lambda: stalled[0] if stalled else None)
+
+    async with HealthServer(health, "127.0.0.1", 0) as server, aiohttp.ClientSession() as s:
+
+        async def scrape() -> tuple[int, dict[str, float]]:
+            async with s.get(f"http://127.0.0.1:{server.port}/readyz") as response:
+                status = response.status
+            async with s.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+                text = await response.text()
+            ready = {
+                sample.labels["component"]: sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "streamproc_ready"
+                for sample in family.samples
+                if sample.labels["component"].startswith("readiness-test-")
+            }
+            return status, ready
+
+        assert await scrape() == (503, {"readiness-test-kafka": 0, "readiness-test-poll": 0})
+        health.set("readiness-test-kafka", True)
+        assert await scrape() == (503, {"readiness-test-kafka": 1, "readiness-test-poll": 0})
+        stalled.clear()
+        assert await scrape() == (200, {"readiness-test-kafka": 1, "readiness-test-poll": 1})
+        health.forget("readiness-test-poll")
+        assert await scrape() == (200, {"readiness-test-kafka": 1})
+        health.forget("readiness-test-kafka")
+        assert await scrape() == (200, {})

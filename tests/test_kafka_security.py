@@ -25,7 +25,7 @@ from tests.sources.ticketure.conftest import receiver_settings
 from tests.sources.ticketure.test_receiver import BASIC
 from tests.sources.ticketure.test_shapes import ticket
 from tests.test_dlq import cli
-from tests.test_startup import readyz
+from tests.test_startup import ready_gauge, readyz
 from tests.topics import read_topic
 
 pytestmark = pytest.mark.kafka
@@ -102,7 +102,8 @@ async def test_the_receiver_writes_over_tls_and_scram(
 async def test_a_role_with_a_wrong_password_is_not_ready_and_says_why(
     make_settings: Callable[..., Settings], secure_kafka: Secure, tmp_path: Path
 ) -> None:
-    """`streamproc map` refused by SCRAM stays up, not ready, the reason naming it."""
+    """`streamproc map` refused by SCRAM stays up, not ready (/readyz and streamproc_ready),
+    the reason naming it."""
     settings = over_tls(
         make_settings(metrics_host="127.0.0.1", metrics_port=free_port()),
         secure_kafka,
@@ -117,6 +118,7 @@ async def test_a_role_with_a_wrong_password_is_not_ready_and_says_why(
             return bool(body["status"] == 503 and "authentication failed" in reason)
 
         await wait_for(refused, timeout_s=60, what="/readyz naming the authentication failure")
+        assert (await ready_gauge(settings.metrics_port))["kafka"] == 0  # StreamprocNotReady
         await asyncio.sleep(1)
         assert proc.alive(), proc.output()[-2000:]
     finally:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.config import Settings
 from streamproc.topics import ensure
@@ -66,6 +67,21 @@ async def readyz(port: int) -> dict[str, Any]:
             return body
     except (aiohttp.ClientError, TimeoutError):
         return {"status": None, "components": {}}
+
+
+async def ready_gauge(port: int) -> dict[str, float]:
+    """streamproc_ready by component, as a scrape of the process's /metrics shows it."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r,
+    ):
+        text = await r.text()
+    return {
+        sample.labels["component"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "streamproc_ready"
+        for sample in family.samples
+    }
 
 
 def pointed_at(settings: Settings, port: int, **kafka: Any) -> Settings:
@@ -196,6 +212,7 @@ async def test_a_role_waits_for_the_topics_then_exits_2_naming_them(
 
     try:
         await wait_for(waiting, timeout_s=30, what="/readyz naming the missing topics")
+        assert (await ready_gauge(settings.metrics_port))["topics"] == 0
         assert proc.alive()
         code = await asyncio.to_thread(proc.popen.wait, 60)
     finally:
