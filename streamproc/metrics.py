@@ -202,7 +202,9 @@ TM_ACTIVE = Gauge("streamproc_ticketmatic_active_accounts", "Accounts this repli
 
 # --- Ticketure receiver -----------------------------------------------------------------
 RX_REQUESTS = Counter(
-    "streamproc_receiver_requests_total", "Push requests by route and status.", ["route", "status"]
+    "streamproc_receiver_requests_total",
+    "Push requests by route and status (route other: no such route or method).",
+    ["route", "status"],
 )
 RX_PRODUCE = Histogram(
     "streamproc_receiver_produce_seconds",

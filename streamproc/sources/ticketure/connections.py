@@ -19,7 +19,9 @@ it lacks:
 - a request head must be complete within ``header_timeout_s`` of the connection's start,
   or of the first byte of a later request on a kept-alive connection, else the connection
   is closed (``header_timeout``): silent and slowloris clients go in seconds, not at the
-  keep-alive timeout;
+  keep-alive timeout. One sweep every ``header_timeout_s / SWEEPS`` (at most
+  ``MAX_SWEEP_S``) closes those past it, oldest first, instead of a timer per request: a
+  connection goes within one sweep interval after its timeout;
 - accept() failures (out of file descriptors...) are counted (``accept_error``) and logged
   once per burst, where asyncio logs each one with a traceback, hundreds a second;
 - :func:`fd_usage` gives /readyz the open files against RLIMIT_NOFILE.
@@ -56,6 +58,8 @@ BACKLOG = 128
 # is needed: evicting idle kept-alive connections first would make the normal clients that
 # hold them reconnect, each reconnect evicting another of them, while slow ones stay.
 HEAD_GRACE_S = 1.0
+SWEEPS = 10  # header-timeout sweeps per header_timeout_s
+MAX_SWEEP_S = 0.5
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _DROPPED = {
     reason: metrics.RX_DROPPED.labels(reason)
@@ -126,12 +130,10 @@ class _Guarded(asyncio.Protocol):
         self._inner = inner
         self._listener = listener
         self._transport: asyncio.BaseTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self.state: State = "head"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
-        self._arm()
         self._listener.moved(self)
         self._inner.connection_made(transport)
 
@@ -150,7 +152,6 @@ class _Guarded(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
         self._listener.released(self)
         self._inner.connection_lost(exc)
 
@@ -158,29 +159,16 @@ class _Guarded(asyncio.Protocol):
         if state == self.state:
             return
         self.state = state
-        if state == "head":
-            self._arm()
-        else:
-            self._disarm()
         self._listener.moved(self)
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
-    def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._listener.header_timeout_s, self._expired)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expired(self) -> None:
-        self._timer = None
+    def expire(self) -> None:
+        """Its head took too long: closed, counted."""
         transport = self._transport
-        if self.state == "head" and transport is not None and not transport.is_closing():
+        if transport is not None and not transport.is_closing():
             dropped("header_timeout")
             transport.close()
 
@@ -276,6 +264,8 @@ class Listener:
         self._burst_failures = 0
         self._burst_started = self._last_failure = 0.0
         self._burst_check: asyncio.TimerHandle | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_s = min(MAX_SWEEP_S, header_timeout_s / SWEEPS)
 
     @property
     def open(self) -> int:
@@ -308,11 +298,15 @@ class Listener:
         except BaseException:
             self._restore_handler()
             raise
+        self._sweeper = loop.call_later(self._sweep_s, self._sweep)
 
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for refused in list(self._lingering):
             if refused.transport is not None:
                 refused.transport.close()
@@ -340,6 +334,21 @@ class Listener:
                 waiting[guard] = time.monotonic()
             else:
                 waiting.pop(guard, None)
+
+    def _sweep(self) -> None:
+        """Close the connections whose head has taken longer than ``header_timeout_s``:
+        the head waiters are in the order they started waiting, so the sweep stops at the
+        first one still within it."""
+        heads = self._evictable["head"]
+        too_old = time.monotonic() - self.header_timeout_s
+        while heads:
+            guard, since = next(iter(heads.items()))
+            if since > too_old:
+                break
+            del heads[guard]
+            guard.expire()
+        if self._loop is not None:
+            self._sweeper = self._loop.call_later(self._sweep_s, self._sweep)
 
     def _protocol(self) -> asyncio.Protocol:
         if self._open >= self.max_connections:

@@ -60,27 +60,22 @@ class Rejected(Exception):
         return response
 
 
-async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+async def read_body(request: web.BaseRequest, limit: int, timeout_s: float) -> bytes:
     """The body, refused with 413 as soon as it is known to pass ``limit`` bytes, with
     408 (closing the connection) if it takes longer than ``timeout_s``, 400 if its framing
     is broken."""
-    too_large = Rejected(
-        413,
-        "PAYLOAD_TOO_LARGE",
-        f"the body is larger than {limit} bytes",
-        "too_large",
-        field="body",
-    )
     length = request.content_length
     if length is not None and length > limit:
-        raise too_large
+        raise _too_large(limit)
     try:
-        # The application's client_max_size is the limit: aiohttp stops reading a
-        # streamed (chunked) body as soon as it passes it.
+        # The request's client_max_size is the limit: aiohttp stops reading a streamed
+        # (chunked) body as soon as it passes it.
+        if request.content.is_eof():
+            return await request.read()  # all of it came with the head: nothing to wait for
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(limit) from None
     except TimeoutError:
         connections.dropped("body_timeout")
         raise Rejected(
@@ -97,7 +92,17 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
         ) from None
 
 
-def check_content_type(request: web.Request) -> None:
+def _too_large(limit: int) -> Rejected:
+    return Rejected(
+        413,
+        "PAYLOAD_TOO_LARGE",
+        f"the body is larger than {limit} bytes",
+        "too_large",
+        field="body",
+    )
+
+
+def check_content_type(request: web.BaseRequest) -> None:
     """415 unless the request says its body is JSON."""
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):

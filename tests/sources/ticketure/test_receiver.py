@@ -31,6 +31,7 @@ from tests.topics import read_topic
 pytestmark = pytest.mark.kafka
 
 BASIC = {"Authorization": basic(KEY, SECRET), "Content-Type": "application/json"}
+REQUESTS = "streamproc_receiver_requests_total"
 
 
 def signed(body: bytes) -> dict[str, str]:
@@ -184,6 +185,27 @@ async def test_every_refusal_answers_its_status_and_writes_no_record(
         before + 1
     )
     assert await read_topic(rx_settings, topic_names(rx_settings).ticketure) == []
+
+
+async def test_other_paths_and_methods_are_404_and_405_in_mparticles_shape(
+    receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    """No route: 404; a route with another method: 405 with Allow: POST; both counted
+    under route "other", with an error body like the other refusals."""
+    before = {s: sample(REQUESTS, route="other", status=s) for s in ("404", "405")}
+    base = f"http://127.0.0.1:{receiver.port}"
+    async with http.post(f"{base}/v2/nowhere", data=b"{}", headers=BASIC) as response:
+        assert response.status == 404
+        (error,) = orjson.loads(await response.read())["errors"]
+        assert error["code"] == "NOT_FOUND"
+    for method in ("GET", "PUT"):
+        async with http.request(method, f"{base}/ticketure/events", headers=BASIC) as response:
+            assert response.status == 405
+            assert response.headers["Allow"] == "POST"
+            (error,) = orjson.loads(await response.read())["errors"]
+            assert error["code"] == "METHOD_NOT_ALLOWED"
+    assert sample(REQUESTS, route="other", status="404") == before["404"] + 1
+    assert sample(REQUESTS, route="other", status="405") == before["405"] + 2
 
 
 async def test_undecodable_authenticated_bodies_are_dead_lettered(
