@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help install lock test lint promtool bench run observe chaos kafka-up kafka-down clean
+.PHONY: help install lock test lint promtool bench run observe chaos kafka-up kafka-down clean apply-check
 
 # promtool checks the alert rules, their unit tests, the dashboard's queries and /metrics
 # (tests/test_alert_rules.py and others). The one on PATH, else promtool from Debian's
@@ -131,3 +131,35 @@ kafka-down: ## stop the local Kafka broker
 
 clean: kafka-down ## stop the broker, remove the venv, caches and broker data
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# make apply-check (optional, not part of `make test`): deploy/kubernetes applied with
+# kubectl apply -k to a real kube-apiserver on an etcd of its own (127.0.0.1 only), then
+# applied again with another image tag (tests/apiserver/apply_check.sh). kube-apiserver
+# and kubectl are built at one Kubernetes release from the Go module proxy
+# (tests/apiserver/go.mod; about 7 minutes the first time); etcd is the one on PATH, else
+# Debian's etcd-server unpacked into .cache/ (not installed), as promtool is.
+K8S_VERSION := v1.37.2
+K8S_BINS := $(CURDIR)/.cache/bin/kube-apiserver $(CURDIR)/.cache/bin/kubectl
+K8S_LDFLAGS := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+  -X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=37)
+ETCD_CACHED := $(CURDIR)/.cache/etcd/usr/bin/etcd
+ETCD ?= $(or $(shell command -v etcd),$(ETCD_CACHED))
+
+$(K8S_BINS) &: tests/apiserver/go.mod tests/apiserver/go.sum $(wildcard tests/apiserver/cmd/*/main.go)
+	mkdir -p $(CURDIR)/.cache/bin
+	cd tests/apiserver && $(GO_ENV) nice go build -ldflags '$(K8S_LDFLAGS)' \
+	  -o $(CURDIR)/.cache/bin/ ./cmd/kube-apiserver ./cmd/kubectl
+	touch $(K8S_BINS)
+
+$(ETCD_CACHED):
+	rm -rf .cache/etcd
+	mkdir -p .cache/etcd/deb
+	cd .cache/etcd/deb && { apt-get download -qq etcd-server 2>/dev/null \
+	  || { apt-get update -qq && apt-get download -qq etcd-server; }; }
+	dpkg-deb -x .cache/etcd/deb/etcd-server_*.deb .cache/etcd
+	rm -rf .cache/etcd/deb
+	test -x $@ && touch $@
+
+apply-check: $(K8S_BINS) $(ETCD) ## kubectl apply -k deploy/kubernetes to a real API server, then an upgrade
+	KUBE_APISERVER=$(CURDIR)/.cache/bin/kube-apiserver KUBECTL=$(CURDIR)/.cache/bin/kubectl \
+	  ETCD=$(ETCD) bash tests/apiserver/apply_check.sh

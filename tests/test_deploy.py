@@ -524,9 +524,11 @@ def configured_env() -> dict[str, str]:
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    """kustomization.yaml names exactly the manifests in deploy/kubernetes, and they exist."""
+    """kustomization.yaml names exactly the manifests in deploy/kubernetes, and they exist
+    (kustomizeconfig.yaml is its configuration, not a manifest)."""
     (kustomization,) = load_yaml(K8S / "kustomization.yaml")
-    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert kustomization["configurations"] == ["kustomizeconfig.yaml"]
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "kustomizeconfig.yaml"}
     assert sorted(kustomization["resources"]) == sorted(files)
 
 
@@ -626,7 +628,10 @@ def test_roles_get_the_secrets_they_need_and_no_others() -> None:
     for workload in [*of_kind("Deployment"), *of_kind("Job")]:
         role = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
         c = container(workload)
-        assert config_map_of(workload)["data"] == configured_data(), role
+        data = dict(config_map_of(workload)["data"])
+        if role == "topics":  # its ConfigMap also holds the image, for its name's hash
+            assert data.pop("RELEASE_IMAGE") == c["image"]
+        assert data == configured_data(), role
         refs = {}
         for env in c["env"]:
             ref = env["valueFrom"]["secretKeyRef"]
@@ -1088,35 +1093,101 @@ def apply_errors(cluster: list[dict[str, Any]], applied: list[dict[str, Any]]) -
     ]
 
 
+def topics_job(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    return job
+
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
 def test_an_upgrade_to_a_new_image_tag_applies_and_runs_the_topics_job_again(
     tmp_path: Path,
 ) -> None:
     """0.1.0 on the cluster, then 0.2.0 applied: no immutable-field refusal, a new topics
-    Job (it runs again), and every role on the new image."""
+    Job (it runs again) named as a DNS label, and every role on the new image."""
     old, new = render_variant(tmp_path, "0.1.0"), render_variant(tmp_path, "0.2.0")
     assert apply_errors(old, new) == []
-    jobs = [name for kind, name in by_name(new) if kind == "Job"]
-    assert jobs == ["streamproc-topics-ensure-0.2.0"]
-    assert ("Job", "streamproc-topics-ensure-0.1.0") in by_name(old)
+    old_job, new_job = topics_job(old)["metadata"]["name"], topics_job(new)["metadata"]["name"]
+    assert old_job != new_job
+    assert DNS_LABEL.fullmatch(new_job), new_job
+    # The Job reads the ConfigMap it is named after, which holds the image it runs.
+    assert config_map_of(topics_job(new), new)["metadata"]["name"] == new_job
+    assert config_map_of(topics_job(new), new)["data"]["RELEASE_IMAGE"] == "streamproc:0.2.0"
     for doc in new:
         if doc["kind"] in {"Deployment", "Job"}:
             assert container(doc)["image"] == "streamproc:0.2.0", doc["metadata"]["name"]
-    # The check is not vacuous: with the Job's name fixed, the same upgrade is refused.
-    for doc in new:
-        if doc["kind"] == "Job":
-            doc["metadata"]["name"] = "streamproc-topics-ensure-0.1.0"
-    assert apply_errors(old, new) == [
-        "Job/streamproc-topics-ensure-0.1.0: spec.template: field is immutable"
-    ]
+    # The check is not vacuous: with the Job's name kept, the same upgrade is refused.
+    topics_job(new)["metadata"]["name"] = old_job
+    assert apply_errors(old, new) == [f"Job/{old_job}: spec.template: field is immutable"]
 
 
-def test_a_settings_change_rolls_every_role_and_leaves_the_topics_job_alone(
+def test_any_image_reference_gives_the_topics_job_a_valid_name(tmp_path: Path) -> None:
+    """A registry with a port, a tag with an underscore and capitals, a digest: the Job's
+    name stays a DNS label (the API server refuses others) and differs for each."""
+    names: set[str] = set()
+    for image in (
+        "registry.example.com:5000/team/streamproc:0.4.0_RC1",
+        "streamproc@sha256:" + "ab" * 32,
+    ):
+        folder = tmp_path / f"image-{len(names)}"
+        shutil.copytree(K8S, folder)
+        path = folder / "kustomization.yaml"
+        kustomization = yaml.safe_load(path.read_text(encoding="utf-8"))
+        name, _, rest = image.partition("@") if "@" in image else image.rpartition(":")
+        kustomization["images"] = [
+            {
+                "name": "streamproc",
+                "newName": name,
+                **({"digest": rest} if "@" in image else {"newTag": rest}),
+            }
+        ]
+        path.write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+        job = topics_job(list(rendered(folder)))
+        assert container(job)["image"] == image
+        assert DNS_LABEL.fullmatch(job["metadata"]["name"]), job["metadata"]["name"]
+        names.add(job["metadata"]["name"])
+    assert len(names) == 2
+
+
+def test_an_overlay_that_sets_the_image_as_documented_makes_a_new_topics_job(
+    tmp_path: Path,
+) -> None:
+    """deploy/README.md's overlay (images: plus the one replacement) renames the Job; the
+    same overlay without the replacement would keep the name with a new image (refused)."""
+    base = list(rendered(K8S))
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S, overlay)],
+        "images": [
+            {"name": "streamproc", "newName": "registry.example.com/streamproc", "newTag": "0.2.0"}
+        ],
+    }
+    path = overlay / "kustomization.yaml"
+    path.write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    without = list(rendered(overlay))
+    assert apply_errors(base, without) != []
+    base_kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    kustomization["replacements"] = base_kustomization["replacements"]
+    documented = tmp_path / "documented"  # rendered() caches by folder
+    documented.mkdir()
+    (documented / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), "utf-8")
+    with_it = list(rendered(documented))
+    assert apply_errors(base, with_it) == []
+    assert container(topics_job(with_it))["image"] == "registry.example.com/streamproc:0.2.0"
+
+
+def test_a_settings_change_rolls_every_role_and_runs_the_topics_job_again(
     tmp_path: Path,
 ) -> None:
     """A changed setting in streamproc.env gives the roles a ConfigMap of a new name (so each
-    Deployment's pod template changes: a rollout), while the Job's template stays as it is."""
+    Deployment's pod template changes: a rollout), and the topics Job a new name (it runs
+    again with the new settings) instead of a refused change of its template."""
     old = render_variant(tmp_path)
-    new = render_variant(tmp_path, STREAMPROC_LOG_LEVEL="DEBUG")
+    new = render_variant(tmp_path, STREAMPROC_TOPICS_PARTITIONS="12")
     assert apply_errors(old, new) == []
     before, after = by_name(old), by_name(new)
     for key, dep in after.items():
@@ -1125,7 +1196,9 @@ def test_a_settings_change_rolls_every_role_and_leaves_the_topics_job_alone(
             (source,) = container(dep)["envFrom"]
             assert source["configMapRef"]["name"].startswith("streamproc-"), key
     roles_cm = config_map_of(next(d for d in new if d["kind"] == "Deployment"), new)
-    assert roles_cm["data"]["STREAMPROC_LOG_LEVEL"] == "DEBUG"
+    assert roles_cm["data"]["STREAMPROC_TOPICS_PARTITIONS"] == "12"
+    assert topics_job(new)["metadata"]["name"] != topics_job(old)["metadata"]["name"]
+    assert config_map_of(topics_job(new), new)["data"]["STREAMPROC_TOPICS_PARTITIONS"] == "12"
 
 
 # --- Strimzi: deploy/strimzi, the same roles on a Kafka cluster that Strimzi runs ---------
