@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help install lock test lint promtool bench run observe chaos kafka-up kafka-down clean apply-check
+.PHONY: help install lock test lint promtool bench bench-peers run observe chaos kafka-up kafka-down clean apply-check
 
 # promtool checks the alert rules, their unit tests, the dashboard's queries and /metrics
 # (tests/test_alert_rules.py and others). The one on PATH, else promtool from Debian's
@@ -107,6 +107,31 @@ $(PROMTOOL_CACHED):
 
 bench: install kafka-up ## run every benchmark against the local broker, print one table
 	$(BIN)/python -m tests.bench
+
+# make bench-peers: each stage against the tool a user would pick instead
+# (tests/bench/peers). wrk, the load generator, is Debian's package unpacked into .cache/
+# (not installed); the receive and deliver peer is Redpanda Connect's open engine
+# (benthos v4.60.0) with franz-go Kafka plugins, built from the Go module proxy; the
+# map peer, Quix Streams 3.28.1, goes into a venv of its own (.cache/peers/quix-venv).
+WRK := $(CURDIR)/.cache/wrk/usr/bin/wrk
+CONNECT_PEER := $(CURDIR)/.cache/bin/connect-peer
+
+$(WRK):
+	rm -rf .cache/wrk
+	mkdir -p .cache/wrk/deb
+	cd .cache/wrk/deb && { apt-get download -qq wrk libluajit-5.1-2 libluajit-5.1-common \
+	  2>/dev/null || { apt-get update -qq && \
+	  apt-get download -qq wrk libluajit-5.1-2 libluajit-5.1-common; }; }
+	for deb in .cache/wrk/deb/*.deb; do dpkg-deb -x $$deb .cache/wrk; done
+	rm -rf .cache/wrk/deb
+	test -x $@ && touch $@
+
+$(CONNECT_PEER): $(wildcard tests/bench/peers/connect/*.go) tests/bench/peers/connect/go.mod tests/bench/peers/connect/go.sum
+	mkdir -p $(dir $@)
+	cd tests/bench/peers/connect && $(GO_ENV) go build -o $@ .
+
+bench-peers: install kafka-up $(WRK) $(CONNECT_PEER) ## each stage against its peer (Redpanda Connect's engine, Quix Streams), ratios
+	WRK=$(WRK) CONNECT_PEER=$(CONNECT_PEER) $(BIN)/python -m tests.bench.peers
 
 fuzz: install kafka-up ## 100,000 generated pushes against streamproc receive, 100,000 records through streamproc map
 	$(BIN)/python -m tests.fuzz
