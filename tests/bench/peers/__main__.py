@@ -167,9 +167,10 @@ STAGES: dict[str, Callable[[str, int], object]] = {
 }
 
 
-def report(pairs: dict[str, list[Pair]], seconds: float) -> str:
+def report(pairs: dict[str, list[Pair]], seconds: float, load: float) -> str:
     lines = [
-        f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}",
+        f"machine: {machine()}; load average at the start: {load:.2f}, at the end: "
+        f"{os.getloadavg()[0]:.2f}",
         f"{'stage':<12} {'streamproc':>11} {'peer':>11} {'ratio min/median/max':>24}"
         f" {'target':>7} {'CPU us ours/peer':>17}",
     ]
@@ -191,15 +192,19 @@ def report(pairs: dict[str, list[Pair]], seconds: float) -> str:
 
 async def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stages", nargs="*", choices=[*STAGES, []], default=list(STAGES))
+    parser.add_argument("stages", nargs="*", help=f"of {', '.join(STAGES)} (default: all)")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--bootstrap", default=f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
     args = parser.parse_args(argv)
+    args.stages = args.stages or list(STAGES)
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown:
+        parser.error(f"no stage {unknown}: choose from {', '.join(STAGES)}")
     for tool in (receive.WRK, receive.PEER):
         if not tool.is_file():
             print(f"{tool} is missing: `make bench-peers` builds it", file=sys.stderr)
             return 2
-    started = time.monotonic()
+    started, load = time.monotonic(), os.getloadavg()[0]
     pairs: dict[str, list[Pair]] = {}
     for stage in args.stages:
         for n in range(args.pairs):
@@ -207,7 +212,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
             got = await STAGES[stage](args.bootstrap, n)  # type: ignore[misc]
             for name, pair in got.items():
                 pairs.setdefault(name, []).append(pair)
-    print(report(pairs, time.monotonic() - started))
+    print(report(pairs, time.monotonic() - started, load))
     return 0
 
 
