@@ -38,6 +38,26 @@ def to_number(value: str | int | float | None) -> Number | None:
         if not math.isfinite(value) or abs(value) >= _BOUND:
             raise AmountError(f"{value!r} is not a finite amount")
         return value
+    known = _SEEN.get(value)
+    if known is not None:
+        return known
+    number = _from_text(value)
+    if number is not None and len(value) <= _SEEN_TEXT_MAX:
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[value] = number
+    return number
+
+
+# Amount texts repeat (a handful of prices per event): each converted once. Only usable
+# amounts of at most _SEEN_TEXT_MAX characters are kept (at most _SEEN_MAX of them, then
+# the cache starts over), so a refused one is refused (and counted) every time.
+_SEEN: dict[str, Number] = {}
+_SEEN_MAX = 4096
+_SEEN_TEXT_MAX = 64
+
+
+def _from_text(value: str) -> Number | None:
     text = value.strip()
     if not text:
         return None

@@ -27,10 +27,12 @@ def source_message_id(source: str, item_id: str, index: int) -> str:
 
 
 def uuid5(name: str) -> str:
-    """``str(uuid.uuid5(NAMESPACE, name))`` at a third of the cost (it runs twice per item)."""
+    """``str(uuid.uuid5(NAMESPACE, name))`` at a fifth of the cost (it runs twice per item):
+    the SHA-1 digest's hex, with the version digit set to 5 and the variant digit's top
+    bits to 10 (RFC 4122), as uuid5 sets them in the bytes."""
     # UUIDv5 is SHA-1 by definition: an id, no security use.
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])  # noqa: S324
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    x = digest.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    x = hashlib.sha1(_NAMESPACE_BYTES + name.encode()).hexdigest()  # noqa: S324
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[int(x[16], 16) & 3]}{x[17:20]}-{x[20:32]}"
+
+
+_VARIANT = "89ab"  # 0b10xx: the variant digit for each value of its two low bits

@@ -5,6 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from streamproc.config import (
     MappingSettings,
@@ -92,3 +95,11 @@ def test_ids_are_frozen() -> None:
     assert ids.source_message_id("ticketure", "abc", 0) == str(
         uuid.uuid5(uuid.UUID("5b0c4c1e-8f5e-5d0a-9a57-2f1f4b8d6c3e"), "ticketure:abc#0")
     )
+
+
+@hypothesis_settings(max_examples=2000)
+@given(name=st.text())
+def test_our_uuid5_is_the_standard_librarys(name: str) -> None:
+    """ids.uuid5 (hex digits patched) equals uuid.uuid5 for any name: every variant digit,
+    any text, the empty one included."""
+    assert ids.uuid5(name) == str(uuid.uuid5(ids.NAMESPACE, name))
