@@ -4,6 +4,7 @@ both sides; prints the ratios (min / median / max of the pairs).
 
 - receive: ``streamproc receive`` against Redpanda Connect's http_server -> Kafka, rebuilt
   from its open engine (tests/bench/peers/connect), under the same wrk load (receive.py);
+  receive-bulk: the same with pushes of 20 records (the peer splits the array);
 - map: streamproc's map stage against Quix Streams 3.28.1 exactly-once with RocksDB
   dedupe calling streamproc's own mapping (tests/bench/peers/quix), and against the bare
   aiokafka consume -> transactional produce loop (the ceiling), on the same 40,000 items;
@@ -40,7 +41,13 @@ from tests.bench.peers import receive
 from tests.bench.peers.quix import run as quix
 from tests.localkafka import free_port
 
-TARGETS = {"receive": 1.0, "map/quix": 1.5, "map/ceiling": 0.8, "deliver": 2.0}
+TARGETS = {
+    "receive": 1.0,
+    "receive/bulk": 1.0,
+    "map/quix": 1.5,
+    "map/ceiling": 0.8,
+    "deliver": 2.0,
+}
 
 
 class Pair(msgspec.Struct):
@@ -58,17 +65,22 @@ def fresh(bootstrap: str) -> Settings:
     )
 
 
-async def receive_pair(bootstrap: str, n: int) -> dict[str, Pair]:
+async def receive_pair(bootstrap: str, n: int, per_push: int = 1) -> dict[str, Pair]:
     # Interleaved, alternating who goes first, so a drift of the machine weighs on both.
-    first, second = (receive.streamproc_receive, receive.connect_receive)[:: 1 if n % 2 else -1]
-    a = await first(fresh(bootstrap))
-    b = await second(fresh(bootstrap))
+    sides = (receive.streamproc_receive, receive.connect_receive)[:: 1 if n % 2 else -1]
+    a = await sides[0](fresh(bootstrap), per_push)
+    b = await sides[1](fresh(bootstrap), per_push)
     ours, peer = (a, b) if n % 2 else (b, a)
+    stage = "receive" if per_push == 1 else "receive/bulk"
     return {
-        "receive": Pair(
-            ours.pushes_per_s, peer.pushes_per_s, ours.cpu_us_per_push, peer.cpu_us_per_push
+        stage: Pair(
+            ours.events_per_s, peer.events_per_s, ours.cpu_us_per_event, peer.cpu_us_per_event
         )
     }
+
+
+async def receive_bulk_pair(bootstrap: str, n: int) -> dict[str, Pair]:
+    return await receive_pair(bootstrap, n, receive.BULK)
 
 
 async def map_pair(bootstrap: str, n: int) -> dict[str, Pair]:
@@ -162,6 +174,7 @@ async def _connect_deliver(
 
 STAGES: dict[str, Callable[[str, int], object]] = {
     "receive": receive_pair,
+    "receive-bulk": receive_bulk_pair,
     "map": map_pair,
     "deliver": deliver_pair,
 }
@@ -174,7 +187,7 @@ def report(pairs: dict[str, list[Pair]], seconds: float, load: float) -> str:
         f"{'stage':<12} {'streamproc':>11} {'peer':>11} {'ratio min/median/max':>24}"
         f" {'target':>7} {'CPU us ours/peer':>17}",
     ]
-    unit = {"receive": "pushes/s", "deliver": "events/s"}
+    unit = {"receive": "events/s, 1 a push", "receive/bulk": "events/s, 20 a push"}
     for stage, got in pairs.items():
         ratios = [p.ours / p.peer for p in got]
         median = statistics.median
@@ -184,7 +197,8 @@ def report(pairs: dict[str, list[Pair]], seconds: float, load: float) -> str:
             f" {min(ratios):>8.2f}/{median(ratios):.2f}/{max(ratios):.2f}x"
             f" {'>= ' + str(TARGETS[stage]) + 'x':>7}"
             f" {median(p.ours_cpu_us for p in got):>8.1f}/{median(p.peer_cpu_us for p in got):.1f}"
-            f"  ({unit.get(stage, 'items/s')}, {len(got)} pairs)"
+            f"  ({unit.get(stage, 'items/s' if stage.startswith('map') else 'events/s')},"
+            f" {len(got)} pairs)"
         )
     lines.append(f"took {seconds:.0f} s")
     return "\n".join(lines)

@@ -2,13 +2,14 @@
 
 Both sides get the same load from wrk (C, one thread, ``CONNECTIONS`` kept-alive
 connections, ``RUN_S`` seconds after a warm-up) posting Ticketure audit records, one per
-push, to ``/ticketure/events`` with basic credentials; both write one Kafka record per push
-to a topic of their own on the same broker. streamproc validates, authenticates and keys
-each record; the peer (Redpanda Connect's http_server -> Kafka, tests/bench/peers/connect)
-checks nothing. Correct means: no answer but 202, and exactly one record in Kafka for every
-202 (counted on the topic after the run; wrk leaves up to one push per connection in
-flight when it stops, written but not counted). The CPU of the server process per push comes
-from ``/proc``.
+push or (bulk) JSON arrays of ``BULK``, to ``/ticketure/events`` with basic credentials;
+both write one Kafka record per audit record to a topic of their own on the same broker.
+streamproc validates, authenticates and keys each record; the peer (Redpanda Connect's
+http_server -> Kafka, tests/bench/peers/connect; receive_bulk.yaml splits the array)
+checks nothing. Correct means: no answer but 202, and one record in Kafka for every
+record of a push answered 202 (counted on the topic after the run; wrk leaves up to one
+push per connection in flight when it stops, written but not counted). The CPU of the
+server process per event comes from ``/proc``.
 """
 
 from __future__ import annotations
@@ -43,22 +44,32 @@ CONFIGS = Path(__file__).resolve().parent / "connect"
 CONNECTIONS = 64
 WARMUP_S, RUN_S = 3, 10
 BODIES = 200
+BULK = 20  # records per push in the bulk variant
 KEY, SECRET = "bench", "s3cret"
 
 
 class Result(NamedTuple):
     pushes_per_s: float
-    cpu_us_per_push: float
+    events_per_s: float
+    cpu_us_per_event: float
     p99_ms: float
     pushes: int  # answered 202 in the measured run
     records: int  # records in Kafka after both runs (warm-up included)
     answered: int  # 202s of both runs
 
 
-def _script(folder: Path) -> Path:
-    """wrk's Lua script: realistic audit records in turn, counting what is not a 202."""
+def _script(folder: Path, per_push: int) -> Path:
+    """wrk's Lua script: realistic audit records in turn, one a push (``per_push`` 1) or
+    JSON arrays of ``per_push``."""
     flows = Flows(seed=1)
-    bodies = [ENCODER.encode(step[0]).decode() for step in itertools.islice(flows, BODIES)]
+    records = [ENCODER.encode(step[0]).decode() for step in itertools.islice(flows, BODIES)]
+    if per_push == 1:
+        bodies = records
+    else:
+        bodies = [
+            "[" + ",".join(records[(i + k) % BODIES] for k in range(per_push)) + "]"
+            for i in range(BODIES)
+        ]
     token = base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()
     listed = ",\n".join(f"[==[{b}]==]" for b in bodies)
     path = folder / "push.lua"
@@ -141,10 +152,16 @@ async def _measure(proc: asyncio.subprocess.Process, port: int, script: Path) ->
 
 
 async def _run(
-    settings: Settings, command: list[str], env: dict[str, str], port: int, ready: str, topic: str
+    settings: Settings,
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    ready: str,
+    topic: str,
+    per_push: int,
 ) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
-        script = _script(Path(tmp))
+        script = _script(Path(tmp), per_push)
         proc = await asyncio.create_subprocess_exec(*command, env=env)
         try:
             await _ready(ready)
@@ -156,12 +173,15 @@ async def _run(
         raise RuntimeError(f"{command[0]}: {all_bad} answers were not 202")
     records = await _records(settings, topic)
     # wrk stops with up to CONNECTIONS pushes in flight per run: written, never counted.
-    if not answered <= records <= answered + 2 * CONNECTIONS:
-        raise RuntimeError(f"{command[0]}: {answered} pushes answered 202, {records} in Kafka")
-    return Result(ok / RUN_S, cpu_us / ok, p99, ok, records, answered)
+    if not answered * per_push <= records <= (answered + 2 * CONNECTIONS) * per_push:
+        raise RuntimeError(
+            f"{command[0]}: {answered} pushes of {per_push} answered 202, {records} in Kafka"
+        )
+    events = ok * per_push
+    return Result(ok / RUN_S, events / RUN_S, cpu_us / events, p99, ok, records, answered)
 
 
-async def streamproc_receive(settings: Settings) -> Result:
+async def streamproc_receive(settings: Settings, per_push: int = 1) -> Result:
     """``streamproc receive`` as shipped (one process), on topics of its own."""
     await topics.ensure(settings)
     port, metrics = free_port(), free_port()
@@ -180,10 +200,11 @@ async def streamproc_receive(settings: Settings) -> Result:
     )
     command = [sys.executable, "-m", "streamproc.cli", "receive"]
     topic = Topics.for_prefix(settings.topic_prefix).ticketure
-    return await _run(settings, command, env, port, f"http://127.0.0.1:{metrics}/readyz", topic)
+    ready = f"http://127.0.0.1:{metrics}/readyz"
+    return await _run(settings, command, env, port, ready, topic, per_push)
 
 
-async def connect_receive(settings: Settings) -> Result:
+async def connect_receive(settings: Settings, per_push: int = 1) -> Result:
     """The peer: http_server -> Kafka (idempotent, acks=all, LZ4), keyed by a hash of the
     body as streamproc keys by item, on a topic of its own with streamproc's partitions."""
     topic = f"{settings.topic_prefix}peer.receive"
@@ -205,8 +226,8 @@ async def connect_receive(settings: Settings) -> Result:
         "PEER_TOPIC": topic,
         "PEER_KEY": '${! content().hash("xxhash64") }',
     }
-    command = [str(PEER), "-c", str(CONFIGS / "receive.yaml")]
+    config = "receive.yaml" if per_push == 1 else "receive_bulk.yaml"
+    command = [str(PEER), "-c", str(CONFIGS / config)]
     # http_server answers 405 to a GET on its path: it is up.
-    return await _run(
-        settings, command, env, port, f"http://127.0.0.1:{port}/ticketure/events", topic
-    )
+    ready = f"http://127.0.0.1:{port}/ticketure/events"
+    return await _run(settings, command, env, port, ready, topic, per_push)
